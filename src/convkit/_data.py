@@ -1,0 +1,242 @@
+"""Batching for ``fit`` / ``evaluate`` / ``predict``: one interface over every data form.
+
+In-memory tensors (an ``(inputs, targets)`` pair, a ``TensorDataset``, convkit's
+datasets) are batched by index-slicing, on the target device when they fit there: no
+per-sample ``__getitem__`` and no collate, which the teaching notebook's
+``DataLoader`` + ``ToTensor`` pays for on every sample of every epoch. Shuffling draws
+from the same generator in the same way as ``DataLoader(shuffle=True, generator=g)``,
+so both paths give the same batches for the same seed. Anything else goes through a
+``DataLoader``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sized
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
+
+#: Tensor data is moved to an accelerator once, up front, when it takes at most this
+#: fraction of the device's free memory; larger data stays on the host and each batch
+#: is copied over (pinned, non-blocking).
+DEVICE_MEMORY_FRACTION = 0.25
+
+
+#: Called on host data before it moves: whole tensors once, or each loader batch.
+DataCheck = Callable[[torch.Tensor, "torch.Tensor | None"], None]
+
+
+@dataclass
+class Batch:
+    inputs: torch.Tensor
+    targets: torch.Tensor | None
+
+
+def _draw_base_seed(generator: torch.Generator) -> None:
+    # A DataLoader draws one int64 "base seed" from its generator each time it is
+    # iterated, before the sampler's randperm; draw it too so that both paths consume
+    # the generator identically and give the same order for the same seed.
+    torch.empty((), dtype=torch.int64).random_(generator=generator)
+
+
+def _fits_on(device: torch.device, nbytes: int) -> bool:
+    if device.type != "cuda":
+        return True  # CPU: nothing to move; MPS: unified memory
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes <= DEVICE_MEMORY_FRACTION * free
+
+
+class TensorBatches:
+    """Batches of in-memory tensors by index-slicing (optionally shuffled)."""
+
+    def __init__(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor | None,
+        *,
+        batch_size: int,
+        shuffle: bool,
+        generator: torch.Generator,
+        device: torch.device,
+        check: DataCheck | None = None,
+    ) -> None:
+        if check is not None:
+            check(inputs, targets)
+        nbytes = inputs.nbytes + (targets.nbytes if targets is not None else 0)
+        self.on_device = _fits_on(device, nbytes)
+        if self.on_device:
+            inputs = inputs.to(device)
+            targets = targets.to(device) if targets is not None else None
+        elif device.type == "cuda":
+            inputs = inputs.pin_memory()
+            targets = targets.pin_memory() if targets is not None else None
+        self.inputs, self.targets = inputs, targets
+        self.batch_size, self.shuffle = batch_size, shuffle
+        self.generator, self.device = generator, device
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.inputs.shape[0])
+
+    def __len__(self) -> int:
+        return -(-self.num_samples // self.batch_size)
+
+    def _move(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor if self.on_device else tensor.to(self.device, non_blocking=True)
+
+    def __iter__(self) -> Iterator[Batch]:
+        n, size = self.num_samples, self.batch_size
+        if self.shuffle:
+            _draw_base_seed(self.generator)
+            order = torch.randperm(n, generator=self.generator).to(self.inputs.device)
+            for start in range(0, n, size):
+                index = order[start : start + size]
+                targets = self.targets[index] if self.targets is not None else None
+                yield Batch(
+                    self._move(self.inputs[index]),
+                    self._move(targets) if targets is not None else None,
+                )
+        else:
+            for start in range(0, n, size):
+                targets = self.targets[start : start + size] if self.targets is not None else None
+                yield Batch(
+                    self._move(self.inputs[start : start + size]),
+                    self._move(targets) if targets is not None else None,
+                )
+
+
+class LoaderBatches:
+    """Batches from a ``DataLoader``, split into inputs and targets and moved to the device."""
+
+    def __init__(
+        self,
+        loader: DataLoader[Any],
+        *,
+        name: str,
+        device: torch.device,
+        check: DataCheck | None = None,
+    ) -> None:
+        self.loader, self.name, self.device, self.check = loader, name, device, check
+
+    @property
+    def num_samples(self) -> int | None:
+        dataset = self.loader.dataset
+        if isinstance(dataset, IterableDataset) or not isinstance(dataset, Sized):
+            return None
+        return len(self.loader.sampler) if isinstance(self.loader.sampler, Sized) else None
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Batch]:
+        non_blocking = self.device.type == "cuda"
+        for index, batch in enumerate(self.loader):
+            inputs, targets = split_batch(batch, name=self.name, index=index)
+            if self.check is not None:
+                self.check(inputs, targets)
+            yield Batch(
+                inputs.to(self.device, non_blocking=non_blocking),
+                targets.to(self.device, non_blocking=non_blocking) if targets is not None else None,
+            )
+
+
+def split_batch(batch: Any, *, name: str, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(inputs, targets)`` from a batch that is a tensor or an ``(inputs, targets)`` pair."""
+    if isinstance(batch, torch.Tensor):
+        return batch, None
+    if isinstance(batch, (tuple, list)) and len(batch) in (1, 2):
+        inputs = batch[0]
+        targets = batch[1] if len(batch) == 2 else None
+        if isinstance(inputs, torch.Tensor) and (
+            targets is None or isinstance(targets, torch.Tensor)
+        ):
+            return inputs, targets
+    kinds = (
+        f"({', '.join(type(b).__name__ for b in batch)})"
+        if isinstance(batch, (tuple, list))
+        else type(batch).__name__
+    )
+    raise TypeError(
+        f"Invalid data in `{name}`: batch {index} is {kinds}; expected a tensor of inputs or an "
+        "(inputs, targets) pair of tensors. Convert samples to tensors (e.g. with "
+        "transforms.ToTensor()) or pass a TensorDataset."
+    )
+
+
+def _tensor_pair(data: Any) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """The tensors of in-memory data, or ``None`` if ``data`` isn't in memory."""
+    if isinstance(data, torch.Tensor):
+        return data, None
+    if isinstance(data, TensorDataset):
+        tensors = data.tensors
+    elif isinstance(data, (tuple, list)) and all(isinstance(t, torch.Tensor) for t in data):
+        tensors = tuple(data)
+    else:
+        return None
+    if len(tensors) not in (1, 2):
+        return None
+    return tensors[0], (tensors[1] if len(tensors) == 2 else None)
+
+
+def make_batches(
+    data: Any,
+    *,
+    name: str,
+    batch_size: int,
+    shuffle: bool,
+    generator: torch.Generator,
+    device: torch.device,
+    need_targets: bool,
+    check: DataCheck | None = None,
+) -> TensorBatches | LoaderBatches:
+    """Pick the batching path for ``data`` and check it isn't empty or malformed."""
+    pair = _tensor_pair(data)
+    if pair is not None:
+        inputs, targets = pair
+        if need_targets and targets is None:
+            raise ValueError(
+                f"Invalid value for argument `{name}`: it holds inputs but no targets. Pass an "
+                "(inputs, targets) pair, a TensorDataset of both, or a DataLoader of pairs."
+            )
+        if inputs.dim() == 0 or inputs.shape[0] == 0:
+            raise ValueError(
+                f"Invalid value for argument `{name}`: the dataset is empty "
+                f"(inputs of shape {tuple(inputs.shape)}). Pass at least one sample."
+            )
+        if targets is not None and (targets.dim() == 0 or targets.shape[0] != inputs.shape[0]):
+            raise ValueError(
+                f"Invalid value for argument `{name}`: {inputs.shape[0]} inputs but targets of "
+                f"shape {tuple(targets.shape)}. Inputs and targets need the same first dimension."
+            )
+        return TensorBatches(
+            inputs,
+            targets,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            device=device,
+            check=check,
+        )
+    if isinstance(data, DataLoader):
+        loader = data
+    elif isinstance(data, Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
+        is_iterable = isinstance(data, IterableDataset)
+        loader = DataLoader(
+            data,
+            batch_size=batch_size,
+            shuffle=shuffle and not is_iterable,
+            generator=generator,
+            pin_memory=device.type == "cuda",
+        )
+    else:
+        raise TypeError(
+            f"Invalid type for argument `{name}`. Expected a DataLoader, a Dataset or an "
+            f"(inputs, targets) pair of tensors. Received {type(data).__name__}."
+        )
+    if isinstance(loader.dataset, Sized) and len(loader.dataset) == 0:
+        raise ValueError(
+            f"Invalid value for argument `{name}`: the dataset is empty. Pass at least one sample."
+        )
+    return LoaderBatches(loader, name=name, device=device, check=check)

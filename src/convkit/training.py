@@ -1,0 +1,657 @@
+"""Training and inference loops: ``fit``, ``evaluate``, ``predict`` and ``History``.
+
+The loops know nothing about CNNs (after minGPT's ``trainer.py``): any ``nn.Module``
+and any classification-style data work. They fix the teaching notebook's bugs by
+construction: losses and metrics are exact means over samples, evaluation restores
+each submodule's train/eval mode, and nothing runs a forward pass in train mode except
+training itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ._data import LoaderBatches, TensorBatches, make_batches
+from ._metrics import Metric, resolve_metrics
+from ._typing import DeviceLike, MetricFn
+from ._validation import check_non_negative_float, check_positive_int
+from .devices import resolve_device
+from .factory import _infer_output_shape
+
+__all__ = ["History", "evaluate", "fit", "predict"]
+
+logger = logging.getLogger(__name__)
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+OptimizerSpec = (
+    str | type[torch.optim.Optimizer] | Callable[..., torch.optim.Optimizer] | torch.optim.Optimizer
+)
+
+_OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "sgd": lambda params, **kw: torch.optim.SGD(params, momentum=0.9, **kw),
+}
+
+# How often the progress bar's running loss is refreshed; reading it is the only
+# host-device sync inside an epoch, so it is rate-limited.
+_POSTFIX_INTERVAL_S = 0.5
+
+
+class History:
+    """Per-epoch losses and metrics returned by [`fit`][convkit.fit].
+
+    ``history["loss"]``, ``history["accuracy"]``, ``history["val_loss"]``,
+    ``history["val_accuracy"]`` are lists of floats, one per epoch, as in Keras.
+
+    Attributes:
+        history: ``{name: [value per epoch]}``.
+        epochs: One dict per epoch: ``{"epoch": 1, "metrics": {...}, "seconds": 2.1}``.
+        seed: The ``seed`` given to ``fit`` (``None`` if none).
+        device: The device trained on, e.g. ``"cpu"`` or ``"cuda:0"``.
+        interrupted: Whether training stopped before its last epoch.
+    """
+
+    def __init__(self, *, seed: int | None = None, device: str | None = None) -> None:
+        self.history: dict[str, list[float]] = {}
+        self.epochs: list[dict[str, Any]] = []
+        self.seed = seed
+        self.device = device
+        self.interrupted = False
+
+    def append(self, epoch: int, metrics: dict[str, float], seconds: float) -> None:
+        """Record one finished epoch."""
+        for name, value in metrics.items():
+            self.history.setdefault(name, []).append(value)
+        self.epochs.append({"epoch": epoch, "metrics": dict(metrics), "seconds": seconds})
+
+    def __getitem__(self, key: str) -> list[float]:
+        try:
+            return self.history[key]
+        except KeyError:
+            raise KeyError(
+                f"No metric {key!r} in this History; recorded: {', '.join(self.history) or 'none'}."
+            ) from None
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.history
+
+    def __len__(self) -> int:
+        return len(self.epochs)
+
+    def keys(self) -> list[str]:
+        """Names of the recorded series, e.g. ``["loss", "accuracy", "val_loss", ...]``."""
+        return list(self.history)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything as plain, JSON-able data."""
+        return {
+            "history": {k: list(v) for k, v in self.history.items()},
+            "epochs": [dict(e, metrics=dict(e["metrics"])) for e in self.epochs],
+            "seed": self.seed,
+            "device": self.device,
+            "interrupted": self.interrupted,
+        }
+
+    def plot(self, keys: Sequence[str] | None = None) -> Any:
+        """Draw the training curves, one panel per metric, train and validation together.
+
+        Needs matplotlib (``pip install "convkit[plot]"``).
+
+        Args:
+            keys: Metrics to draw (without the ``val_`` prefix); default: all.
+
+        Returns:
+            A ``matplotlib.figure.Figure``; save it with ``fig.savefig("curves.png")``.
+
+        Raises:
+            ImportError: If matplotlib isn't installed (the message names the extra).
+        """
+        try:
+            from matplotlib.figure import Figure
+        except ImportError as err:
+            raise ImportError(
+                "History.plot() needs matplotlib, which is not installed. Install convkit's "
+                "'plot' extra: pip install \"convkit[plot]\"."
+            ) from err
+        names = list(keys) if keys is not None else [
+            k for k in self.history if not k.startswith("val_")
+        ]
+        missing = [k for k in names if k not in self.history]
+        if missing:
+            raise ValueError(
+                f"Invalid value for argument `keys`: {missing} not recorded; recorded: "
+                f"{', '.join(self.history)}."
+            )
+        fig = Figure(figsize=(4.5 * max(len(names), 1), 3.5), layout="constrained")
+        axes = fig.subplots(1, max(len(names), 1), squeeze=False)[0]
+        epochs = [e["epoch"] for e in self.epochs]
+        for ax, name in zip(axes, names):
+            ax.plot(epochs, self.history[name], marker="o", label="train")
+            if f"val_{name}" in self.history:
+                ax.plot(epochs, self.history[f"val_{name}"], marker="o", label="validation")
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(name)
+            ax.grid(alpha=0.3)
+            ax.legend()
+        return fig
+
+    def __repr__(self) -> str:
+        last = self.epochs[-1]["metrics"] if self.epochs else {}
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in last.items())
+        return f"History(epochs={len(self)}, device={self.device!r}, last: {shown or '-'})"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode for the block, then every submodule's own flag restored (not just the root's)."""
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes.items():
+            module.training = training
+
+
+def _resolve_loss(loss: Any) -> LossFn:
+    if loss is None:
+        return nn.CrossEntropyLoss()
+    if not callable(loss):
+        raise TypeError(
+            "Invalid type for argument `loss`. Expected None (cross-entropy), a loss module such "
+            f"as nn.CrossEntropyLoss() or a callable (outputs, targets) -> scalar tensor. "
+            f"Received loss={loss!r}."
+        )
+    return loss  # type: ignore[no-any-return]
+
+
+def _check_optimizer(optimizer: Any) -> None:
+    if isinstance(optimizer, str):
+        if optimizer not in _OPTIMIZERS:
+            raise ValueError(
+                f"Invalid value for argument `optimizer`: unknown name {optimizer!r}. Valid names "
+                f"are {', '.join(map(repr, _OPTIMIZERS))}, or pass a torch.optim.Optimizer "
+                "subclass, a callable params -> optimizer, or an optimizer instance."
+            )
+    elif not (isinstance(optimizer, torch.optim.Optimizer) or callable(optimizer)):
+        raise TypeError(
+            "Invalid type for argument `optimizer`. Expected a name ('adam', 'adamw', 'sgd'), a "
+            "torch.optim.Optimizer subclass or instance, or a callable params -> optimizer. "
+            f"Received optimizer={optimizer!r}."
+        )
+
+
+def _check_optimizer_params(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
+    owned = {id(p) for p in model.parameters()}
+    foreign = sum(
+        1 for group in optimizer.param_groups for p in group["params"] if id(p) not in owned
+    )
+    if foreign:
+        raise ValueError(
+            f"Invalid value for argument `optimizer`: it holds {foreign} parameter tensor(s) that "
+            "don't belong to `model`. Build it on model.parameters(), or pass a name or class "
+            "and let fit build it."
+        )
+
+
+def _make_optimizer(
+    optimizer: Any, model: nn.Module, lr: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if isinstance(optimizer, torch.optim.Optimizer):
+        built = optimizer
+    elif isinstance(optimizer, str):
+        built = _OPTIMIZERS[optimizer](params, lr=lr, weight_decay=weight_decay)
+    elif isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer):
+        built = optimizer(params, lr=lr, weight_decay=weight_decay)
+    else:
+        built = optimizer(params)
+        if not isinstance(built, torch.optim.Optimizer):
+            raise TypeError(
+                f"Invalid value for argument `optimizer`: calling {optimizer!r} on the "
+                f"parameters returned {type(built).__name__}, not a torch.optim.Optimizer."
+            )
+    _check_optimizer_params(built, model)
+    return built
+
+
+class _DataCheck:
+    """Checks inputs and targets against the model before they reach it.
+
+    Runs on whole tensors once (in-memory data) or on each batch while it's still on
+    the host (``DataLoader`` data), so it never forces a device sync.
+    """
+
+    def __init__(self, model: nn.Module, name: str) -> None:
+        self.model, self.name = model, name
+        shape = getattr(model, "input_shape", None)
+        self.input_shape: tuple[int, ...] | None = tuple(shape) if shape is not None else None
+        classes = getattr(model, "num_classes", None)
+        self.num_classes: int | None = classes if isinstance(classes, int) else None
+        self._probed = self.num_classes is not None
+
+    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor | None) -> None:
+        if not inputs.is_floating_point():
+            raise TypeError(
+                f"Invalid data in `{self.name}`: inputs have dtype {inputs.dtype}; the model "
+                "needs floating-point inputs. Convert them, e.g. images.float() / 255."
+            )
+        if self.input_shape is not None and tuple(inputs.shape[1:]) != self.input_shape:
+            raise ValueError(
+                f"Invalid data in `{self.name}`: inputs of shape {tuple(inputs.shape)} don't match "
+                f"the model's input_shape {self.input_shape}; expected (N, "
+                f"{', '.join(map(str, self.input_shape))}). Reshape the data or build the model "
+                f"for input_shape={tuple(inputs.shape[1:])}."
+            )
+        if targets is None or targets.is_floating_point() or targets.dim() != 1:
+            return
+        if not self._probed:
+            # Models without a num_classes attribute: one dry run (eval mode, no_grad,
+            # modes restored) to read the number of outputs.
+            self._probed = True
+            out = _infer_output_shape(self.model, tuple(inputs.shape[1:]))
+            self.num_classes = out[0] if len(out) == 1 else None
+        if self.num_classes is None or targets.numel() == 0:
+            return
+        low, high = (int(v) for v in torch.aminmax(targets))
+        if low < 0 or high >= self.num_classes:
+            bad = low if low < 0 else high
+            raise ValueError(
+                f"Invalid data in `{self.name}`: target {bad} is outside [0, {self.num_classes}) "
+                f"for a model with {self.num_classes} outputs. Targets must be class indices "
+                f"0..{self.num_classes - 1}; build the model with more classes or fix the labels."
+            )
+
+
+def _prepare(
+    model: nn.Module,
+    data: Any,
+    *,
+    name: str,
+    batch_size: int,
+    shuffle: bool,
+    generator: torch.Generator,
+    device: torch.device,
+    need_targets: bool,
+) -> tuple[TensorBatches | LoaderBatches, _DataCheck]:
+    check = _DataCheck(model, name)
+    batches = make_batches(
+        data,
+        name=name,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        device=device,
+        need_targets=need_targets,
+        check=check,
+    )
+    return batches, check
+
+
+def _accumulator_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+
+
+def _run_epoch(
+    model: nn.Module,
+    batches: TensorBatches | LoaderBatches,
+    check: _DataCheck,
+    loss_fn: LossFn,
+    metrics: list[Metric],
+    device: torch.device,
+    *,
+    optimizer: torch.optim.Optimizer | None,
+    bar: Any = None,
+) -> dict[str, float]:
+    """One pass over ``batches``: a training epoch if ``optimizer`` is given."""
+    sums = torch.zeros(1 + len(metrics), dtype=_accumulator_dtype(device), device=device)
+    count = 0
+    last_refresh = time.perf_counter()
+    for batch in batches:
+        inputs, targets = batch.inputs, batch.targets
+        if targets is None:
+            raise ValueError(
+                f"Invalid data in `{check.name}`: batches hold inputs but no targets; pass "
+                "(inputs, targets) pairs."
+            )
+        outputs = model(inputs)
+        loss = loss_fn(outputs, targets)
+        if optimizer is not None:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        n = inputs.shape[0]
+        with torch.no_grad():
+            detached = outputs.detach()
+            values = [loss.detach() * n]
+            for metric in metrics:
+                value = metric.fn(detached, targets)
+                values.append(value if metric.is_sum else value * n)
+            sums += torch.stack([v.to(sums.dtype) for v in values])
+        count += n
+        if bar is not None:
+            bar.update(1)
+            now = time.perf_counter()
+            if now - last_refresh >= _POSTFIX_INTERVAL_S:
+                last_refresh = now
+                bar.set_postfix(loss=f"{sums[0].item() / count:.4f}", refresh=False)
+    if count == 0:
+        raise ValueError(f"Invalid value for argument `{check.name}`: it yielded no batches.")
+    totals = sums.tolist()  # the one host sync of the epoch
+    result = {"loss": totals[0] / count}
+    for metric, total in zip(metrics, totals[1:]):
+        result[metric.name] = total / count
+    return result
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def _check_seed(seed: Any) -> None:
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ValueError(
+            f"Invalid value for argument `seed`. Expected None or a non-negative int. "
+            f"Received seed={seed!r}."
+        )
+
+
+def _check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(
+            f"Invalid type for argument `{name}`. Expected True or False. Received {name}={value!r}."
+        )
+
+
+def _check_model(model: Any) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"Invalid type for argument `model`. Expected a torch.nn.Module. "
+            f"Received {type(model).__name__}."
+        )
+
+
+def _format_logs(logs: dict[str, float]) -> str:
+    return " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
+
+
+# ------------------------------------------------------------------------- public API
+
+
+def fit(
+    model: nn.Module,
+    train_data: Any,
+    *,
+    epochs: int = 10,
+    val_data: Any = None,
+    batch_size: int = 128,
+    optimizer: OptimizerSpec = "adam",
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    loss: LossFn | None = None,
+    metrics: Sequence[str | MetricFn] = ("accuracy",),
+    device: DeviceLike = "auto",
+    progress: bool = True,
+    seed: int | None = None,
+) -> History:
+    """Train ``model`` on ``train_data`` for ``epochs`` epochs.
+
+    Works for any ``nn.Module`` with classification-style data. Reported losses and
+    metrics are exact means over the samples of each epoch (every batch weighted by its
+    size), not the notebook's ``running_loss / i``. Training metrics are measured on
+    the training batches as they are trained on (dropout on), as Keras does.
+
+    Args:
+        model: The network. It is moved to ``device`` and stays there.
+        train_data: A ``DataLoader`` (used as is), a map-style ``Dataset`` (batched with
+            ``batch_size`` and shuffled), or an ``(inputs, targets)`` pair of tensors.
+            In-memory tensors (a pair or a ``TensorDataset``) are batched by slicing, on
+            the device when they fit, in the same order a shuffling ``DataLoader``
+            seeded the same way would give.
+        epochs: Number of passes over ``train_data``.
+        val_data: Optional data in the same forms, evaluated after every epoch
+            (in eval mode, without gradients); adds ``val_loss`` and ``val_<metric>``.
+        batch_size: Samples per batch, for data that isn't a ``DataLoader`` already.
+        optimizer: ``"adam"``, ``"adamw"``, ``"sgd"`` (momentum 0.9), a
+            ``torch.optim.Optimizer`` subclass (built with ``lr`` and ``weight_decay``),
+            a callable ``params -> optimizer``, or an optimizer instance already built on
+            the model's parameters (``lr`` and ``weight_decay`` are then not used).
+        lr: Learning rate for an optimizer that ``fit`` builds.
+        weight_decay: Weight decay for an optimizer that ``fit`` builds.
+        loss: ``None`` for ``nn.CrossEntropyLoss()``, or a callable
+            ``(outputs, targets) -> scalar`` returning the batch *mean*.
+        metrics: Names (``"accuracy"``) or callables ``(outputs, targets) -> scalar``
+            returning the batch mean, recorded under their ``__name__``.
+        device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``,
+            ``"cuda:1"``, ``"mps"`` or a ``torch.device``. On CUDA, host batches are
+            pinned and copied with ``non_blocking=True``.
+        progress: Show a tqdm bar per epoch (with the running loss) and one summary line
+            per epoch. ``False`` prints nothing.
+        seed: Seed Python's, NumPy's and torch's global RNGs (dropout) and the
+            shuffling generator, so that a CPU run is repeatable bit for bit. Model
+            initialisation happens before ``fit`` and is not covered.
+
+    Returns:
+        The [`History`][convkit.History] of per-epoch losses and metrics; it also records
+        ``seed`` and ``device``. Each submodule's train/eval mode is restored at the end.
+
+    Raises:
+        ValueError: For a non-positive ``epochs``/``batch_size``/``lr``, an unknown
+            optimizer or metric, an unavailable device, empty data, inputs that don't
+            match ``model.input_shape``, or targets outside ``[0, num_classes)``; all
+            before any training.
+        TypeError: For arguments or batches of the wrong type.
+
+    Examples:
+        >>> from convkit import build_cnn, fit, mnist_sample
+        >>> model = build_cnn((1, 28, 28), 10, channels=(8,), hidden=())
+        >>> inputs, targets = mnist_sample().tensors
+        >>> history = fit(model, (inputs[:256], targets[:256]), epochs=2,
+        ...               device="cpu", progress=False, seed=0)
+        >>> len(history["loss"]), history.device
+        (2, 'cpu')
+    """
+    # ---- every check before any work
+    _check_model(model)
+    check_positive_int("epochs", epochs)
+    check_positive_int("batch_size", batch_size)
+    check_non_negative_float("lr", lr, strict=True)
+    check_non_negative_float("weight_decay", weight_decay)
+    _check_optimizer(optimizer)
+    if isinstance(optimizer, torch.optim.Optimizer):
+        _check_optimizer_params(optimizer, model)
+    loss_fn = _resolve_loss(loss)
+    metric_list = resolve_metrics(metrics)
+    dev = resolve_device(device)
+    _check_bool("progress", progress)
+    _check_seed(seed)
+    if seed is None:  # follow the global RNG, so torch.manual_seed() before fit still works
+        shuffle_seed = int(torch.empty((), dtype=torch.int64).random_().item())
+    else:
+        shuffle_seed = seed
+    generator = torch.Generator().manual_seed(shuffle_seed)
+    train_batches, train_check = _prepare(
+        model,
+        train_data,
+        name="train_data",
+        batch_size=batch_size,
+        shuffle=True,
+        generator=generator,
+        device=dev,
+        need_targets=True,
+    )
+    val = None
+    if val_data is not None:
+        val = _prepare(
+            model,
+            val_data,
+            name="val_data",
+            batch_size=batch_size,
+            shuffle=False,
+            generator=torch.Generator().manual_seed(0),  # never shuffles; keeps RNGs apart
+            device=dev,
+            need_targets=True,
+        )
+
+    # ---- training
+    if seed is not None:
+        _seed_everything(seed)
+    model.to(dev)
+    opt = _make_optimizer(optimizer, model, lr, weight_decay)
+    history = History(seed=seed, device=str(dev))
+    modes = {module: module.training for module in model.modules()}
+    logger.info("fit: %d epochs on %s", epochs, dev)
+    try:
+        for epoch in range(1, epochs + 1):
+            start = time.perf_counter()
+            model.train()
+            with tqdm(
+                total=len(train_batches),
+                desc=f"Epoch {epoch}/{epochs}",
+                unit="batch",
+                leave=False,
+                disable=not progress,
+                dynamic_ncols=True,
+            ) as bar:
+                logs = _run_epoch(
+                    model, train_batches, train_check, loss_fn, metric_list, dev,
+                    optimizer=opt, bar=bar,
+                )
+            if val is not None:
+                with _eval_mode(model), torch.inference_mode():
+                    val_logs = _run_epoch(
+                        model, val[0], val[1], loss_fn, metric_list, dev, optimizer=None
+                    )
+                logs.update({f"val_{k}": v for k, v in val_logs.items()})
+            seconds = time.perf_counter() - start
+            history.append(epoch, logs, seconds)
+            logger.info("epoch %d/%d: %s (%.1fs)", epoch, epochs, _format_logs(logs), seconds)
+            if progress:
+                tqdm.write(f"Epoch {epoch}/{epochs} - {_format_logs(logs)} - {seconds:.1f}s")
+    finally:
+        for module, training in modes.items():
+            module.training = training
+    return history
+
+
+def evaluate(
+    model: nn.Module,
+    data: Any,
+    *,
+    loss: LossFn | None = None,
+    metrics: Sequence[str | MetricFn] = ("accuracy",),
+    device: DeviceLike = "auto",
+    batch_size: int = 256,
+) -> dict[str, float]:
+    """Loss and metrics of ``model`` on ``data``, as exact means over samples.
+
+    Runs in eval mode under ``torch.inference_mode``; afterwards every submodule is back
+    in the train/eval mode it was in, and no parameter or buffer has changed (unlike the
+    notebook's ``eval_net``, which left the model in eval mode).
+
+    Args:
+        model: The network; it is moved to ``device``.
+        data: Data in any form [`fit`][convkit.fit] takes, with targets.
+        loss: As in ``fit``; ``None`` is cross-entropy.
+        metrics: As in ``fit``.
+        device: As in ``fit``.
+        batch_size: Samples per batch for data that isn't a ``DataLoader``.
+
+    Returns:
+        ``{"loss": ..., "accuracy": ...}`` (one key per metric).
+
+    Raises:
+        ValueError: For empty data, data that doesn't match the model, or an unavailable
+            device.
+        TypeError: For arguments of the wrong type.
+
+    Examples:
+        >>> from convkit import build_cnn, evaluate, mnist_sample
+        >>> model = build_cnn((1, 28, 28), 10, channels=(8,), hidden=())
+        >>> scores = evaluate(model, mnist_sample(train=False), device="cpu")
+        >>> sorted(scores), model.training
+        (['accuracy', 'loss'], True)
+    """
+    _check_model(model)
+    check_positive_int("batch_size", batch_size)
+    loss_fn = _resolve_loss(loss)
+    metric_list = resolve_metrics(metrics)
+    dev = resolve_device(device)
+    batches, check = _prepare(
+        model,
+        data,
+        name="data",
+        batch_size=batch_size,
+        shuffle=False,
+        generator=torch.Generator().manual_seed(0),
+        device=dev,
+        need_targets=True,
+    )
+    model.to(dev)
+    with _eval_mode(model), torch.inference_mode():
+        return _run_epoch(model, batches, check, loss_fn, metric_list, dev, optimizer=None)
+
+
+def predict(
+    model: nn.Module,
+    data: Any,
+    *,
+    device: DeviceLike = "auto",
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """Outputs (logits) of ``model`` for every sample of ``data``, in order.
+
+    Runs like [`evaluate`][convkit.evaluate]: eval mode, ``torch.inference_mode``, modes
+    restored afterwards.
+
+    Args:
+        model: The network; it is moved to ``device``.
+        data: A tensor of inputs, an ``(inputs, targets)`` pair, a ``Dataset`` or a
+            ``DataLoader`` (targets, if present, are ignored).
+        device: As in ``fit``.
+        batch_size: Samples per batch for data that isn't a ``DataLoader``.
+
+    Returns:
+        A CPU tensor of shape ``(N, num_classes)``; ``.argmax(1)`` gives the classes.
+
+    Examples:
+        >>> from convkit import build_cnn, predict
+        >>> model = build_cnn((1, 28, 28), 10, channels=(8,), hidden=())
+        >>> predict(model, torch.zeros(5, 1, 28, 28), device="cpu").shape
+        torch.Size([5, 10])
+    """
+    _check_model(model)
+    check_positive_int("batch_size", batch_size)
+    dev = resolve_device(device)
+    batches, _ = _prepare(
+        model,
+        data,
+        name="data",
+        batch_size=batch_size,
+        shuffle=False,
+        generator=torch.Generator().manual_seed(0),
+        device=dev,
+        need_targets=False,
+    )
+    model.to(dev)
+    outputs = []
+    with _eval_mode(model), torch.inference_mode():
+        for batch in batches:
+            outputs.append(model(batch.inputs))
+    return torch.cat(outputs).cpu()
