@@ -33,8 +33,12 @@ def notebook_cnn() -> CNN:
 
 def main(argv: list[str] | None = None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", choices=("sample", "mnist"), default="sample",
-                        help="'sample': bundled 4,000/1,000 MNIST images; 'mnist': full MNIST")
+    parser.add_argument(
+        "--data",
+        choices=("sample", "mnist"),
+        default="sample",
+        help="'sample': bundled 4,000/1,000 MNIST images; 'mnist': full MNIST",
+    )
     parser.add_argument("--root", default="data", help="directory of MNIST/raw for --data mnist")
     parser.add_argument("--download", action="store_true", help="download full MNIST if missing")
     parser.add_argument("--epochs", type=int, default=3)
@@ -62,8 +66,9 @@ def main(argv: list[str] | None = None) -> float:
         seed=args.seed,
     )
     scores = evaluate(model, test, device=args.device)
-    print(f"test accuracy: {scores['accuracy']:.4f} (loss {scores['loss']:.4f}, "
-          f"{len(test)} images)")
+    print(
+        f"test accuracy: {scores['accuracy']:.4f} (loss {scores['loss']:.4f}, {len(test)} images)"
+    )
     return scores["accuracy"]
 
 

@@ -98,6 +98,9 @@ class TensorBatches:
                     self._move(self.inputs[index]),
                     self._move(targets) if targets is not None else None,
                 )
+            # RandomSampler calls randperm once more when its iterator runs out (for a
+            # remainder of num_samples % n == 0 samples); mirror that draw as well.
+            torch.randperm(n, generator=self.generator)
         else:
             for start in range(0, n, size):
                 targets = self.targets[start : start + size] if self.targets is not None else None

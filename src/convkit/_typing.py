@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeAlias, Union
+from typing import TypeAlias
 
 import torch
 from torch import nn
 
 #: An int, or one int per spatial dimension ``(height, width)``.
-IntOrPair: TypeAlias = Union[int, tuple[int, int]]
+IntOrPair: TypeAlias = int | tuple[int, int]
 
 #: ``nn.Conv2d``'s padding, plus convkit's ``"same"`` (any stride) and ``"valid"``.
-Padding: TypeAlias = Union[str, int, tuple[int, int]]
+Padding: TypeAlias = str | int | tuple[int, int]
 
 #: A layer given by name, by class, by factory or switched off with ``None``.
-LayerSpec: TypeAlias = Union[str, type[nn.Module], Callable[..., nn.Module], nn.Module, None]
+LayerSpec: TypeAlias = str | type[nn.Module] | Callable[..., nn.Module] | nn.Module | None
 
 #: Anything accepted as a device: ``"auto"``, ``"cpu"``, ``"cuda:1"``, ``torch.device``...
-DeviceLike: TypeAlias = Union[str, torch.device]
+DeviceLike: TypeAlias = str | torch.device
 
 #: ``(outputs, targets) -> scalar tensor`` (the mean over the batch).
 MetricFn: TypeAlias = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

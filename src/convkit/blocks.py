@@ -64,15 +64,22 @@ class _AsymmetricPadConv2d(nn.Conv2d):
     its weights, ``state_dict`` keys and ``isinstance`` checks are the usual ones.
     """
 
-    def __init__(self, *args: Any, pad: tuple[int, int, int, int], **kwargs: Any) -> None:
-        super().__init__(*args, padding=0, **kwargs)
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        pad: tuple[int, int, int, int],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(in_channels, out_channels, padding=0, **kwargs)
         self.pad = pad
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return super().forward(F.pad(input, self.pad))
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, pad={self.pad}"
+        return f"{nn.Conv2d.extra_repr(self)}, pad={self.pad}"  # type: ignore[no-untyped-call]
 
 
 def _resolve_padding(
@@ -146,13 +153,10 @@ class ConvBlock(nn.Sequential):
     Examples:
         >>> block = ConvBlock(1, 32, 5, padding="valid", pool="max",
         ...                   order="conv-pool-act-norm")
-        >>> block
-        ConvBlock(
-          (conv): Conv2d(1, 32, kernel_size=(5, 5), stride=(1, 1))
-          (pool): MaxPool2d(kernel_size=2, stride=2, padding=0, dilation=1, ceil_mode=False)
-          (act): ReLU()
-          (norm): BatchNorm2d(32, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)
-        )
+        >>> [name for name, _ in block.named_children()]
+        ['conv', 'pool', 'act', 'norm']
+        >>> block.conv
+        Conv2d(1, 32, kernel_size=(5, 5), stride=(1, 1))
         >>> block(torch.zeros(8, 1, 28, 28)).shape
         torch.Size([8, 32, 12, 12])
         >>> ConvBlock(3, 16, 4, stride=2)(torch.zeros(1, 3, 15, 15)).shape
@@ -242,7 +246,8 @@ class ConvBlock(nn.Sequential):
             elif stage == "act":
                 layer = create_act("act", act)
             elif stage == "pool":
-                layer = create_pool("pool", pool, pools)
+                # a square window prints as nn.MaxPool2d(2) does: kernel_size=2
+                layer = create_pool("pool", pool, pools[0] if pools[0] == pools[1] else pools)
             else:
                 layer = nn.Dropout2d(p_drop)
             assert layer is not None  # enabled stages always build a layer
@@ -258,9 +263,7 @@ class ConvBlock(nn.Sequential):
             "bias": bias,
         }
         if top == bottom and left == right:
-            return nn.Conv2d(
-                self.in_channels, self.out_channels, padding=(top, left), **common
-            )
+            return nn.Conv2d(self.in_channels, self.out_channels, padding=(top, left), **common)
         return _AsymmetricPadConv2d(
             self.in_channels, self.out_channels, pad=(left, right, top, bottom), **common
         )
@@ -295,4 +298,7 @@ class ConvBlock(nn.Sequential):
                 f"ConvBlock expected input of shape (N, {self.in_channels}, H, W); "
                 f"received a tensor of shape {tuple(input.shape)}."
             )
-        return super().forward(input)
+        x = input
+        for module in self:
+            x = module(x)
+        return x

@@ -28,7 +28,7 @@ _SPLIT_SEED = 0
 
 @functools.lru_cache(maxsize=1)
 def _sample_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    with resources.files("convkit").joinpath("data", _SAMPLE_FILE).open("rb") as f:
+    with resources.files("convkit").joinpath("data").joinpath(_SAMPLE_FILE).open("rb") as f:
         archive = np.load(f)
         images, labels = archive["images"], archive["labels"]
     # A fixed, class-balanced split: the same 400 images of each digit go to training
@@ -39,8 +39,9 @@ def _sample_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         idx = rng.permutation(np.flatnonzero(labels == digit))
         train_idx.append(idx[:_TRAIN_PER_CLASS])
         test_idx.append(idx[_TRAIN_PER_CLASS:])
-    train = np.sort(np.concatenate(train_idx))
-    test = np.sort(np.concatenate(test_idx))
+    # The file is sorted by digit; a fixed shuffle makes any slice (x[:256]) class-mixed.
+    train = rng.permutation(np.concatenate(train_idx))
+    test = rng.permutation(np.concatenate(test_idx))
     return images[train], labels[train], images[test], labels[test]
 
 
@@ -54,7 +55,8 @@ def _to_dataset(images: torch.Tensor, labels: torch.Tensor) -> TensorDataset:
 def mnist_sample(train: bool = True) -> TensorDataset:
     """The bundled sample of 5,000 real MNIST digits, split 4,000 train / 1,000 test.
 
-    The split is fixed and class-balanced (400 train and 100 test images per digit).
+    The split is fixed and class-balanced (400 train and 100 test images per digit), and
+    the images come in a fixed, shuffled order, so any slice mixes the digits.
     No download: the images ship inside the package.
 
     Data: the MNIST database of handwritten digits by Yann LeCun, Corinna Cortes and

@@ -74,8 +74,8 @@ def resolve_device(device: DeviceLike = "auto") -> torch.device:
         return torch.device("cpu")
     if dev.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        index = dev.index if dev.index is not None else (
-            torch.cuda.current_device() if count else 0
+        index = (
+            dev.index if dev.index is not None else (torch.cuda.current_device() if count else 0)
         )
         if index < count:
             return torch.device("cuda", index)

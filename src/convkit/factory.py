@@ -82,13 +82,15 @@ class CNN(nn.Sequential):
         x = self.features(input)  # (N, C, H, W) -> (N, C', H', W')
         x = self.flatten(x)  # (N, C', H', W') -> (N, C'*H'*W')
         if x.shape[-1] != self.num_features:
+            dims = ", ".join(map(str, self.input_shape))
             raise ValueError(
-                f"This CNN was built for inputs of shape (N, {', '.join(map(str, self.input_shape))})"
+                f"This CNN was built for inputs of shape (N, {dims})"
                 f" whose features flatten to {self.num_features} values; the input of shape "
                 f"{tuple(input.shape)} flattens to {x.shape[-1]}. Rebuild it with "
                 f"build_cnn(input_shape={tuple(input.shape[1:])}, ...)."
             )
-        return self.head(x)  # (N, num_features) -> (N, num_classes)
+        logits: torch.Tensor = self.head(x)  # (N, num_features) -> (N, num_classes)
+        return logits
 
 
 def _is_pair(value: Any) -> bool:
@@ -146,7 +148,7 @@ def _infer_output_shape(module: nn.Module, input_shape: tuple[int, ...]) -> tupl
     them, dropout is off) under ``no_grad``, on one zero sample on the module's own
     device and dtype; every submodule's train/eval flag is restored afterwards.
     """
-    tensor = next(iter(module.parameters()), None)
+    tensor: torch.Tensor | None = next(iter(module.parameters()), None)
     if tensor is None:
         tensor = next(iter(module.buffers()), None)
     device = tensor.device if tensor is not None else torch.device("cpu")
@@ -185,7 +187,7 @@ def build_cnn(
     padding: Padding | Sequence[Padding] = "same",
     norm: LayerSpec | Sequence[LayerSpec] = "batch",
     act: LayerSpec | Sequence[LayerSpec] = "relu",
-    pool: str | None | Sequence[str | None] = "max",
+    pool: str | Sequence[str | None] | None = "max",
     pool_size: IntOrPair | Sequence[IntOrPair] = 2,
     dropout: float | Sequence[float] = 0.0,
     order: str | Sequence[str] = "conv-norm-act-pool-dropout",
@@ -253,7 +255,7 @@ def build_cnn(
     """
     shape = _check_input_shape(input_shape)
     check_positive_int("num_classes", num_classes)
-    given = {
+    given: dict[str, Any] = {
         "channels": channels,
         "kernel_size": kernel_size,
         "stride": stride,
@@ -283,8 +285,12 @@ def build_cnn(
     else:
         feature_module = _build_features(shape, **given)
         config = None
-        head_args = {"hidden": hidden, "head_act": head_act, "head_norm": head_norm,
-                     "head_dropout": head_dropout}
+        head_args = {
+            "hidden": hidden,
+            "head_act": head_act,
+            "head_norm": head_norm,
+            "head_dropout": head_dropout,
+        }
         all_args = {"input_shape": shape, "num_classes": num_classes, **given, **head_args}
         if _jsonable(list(all_args.values())):
             config = {k: list(v) if isinstance(v, tuple) else v for k, v in all_args.items()}
@@ -303,9 +309,7 @@ def build_cnn(
         norm=head_norm,
         dropout=head_dropout,
     )
-    return CNN(
-        feature_module, head, input_shape=shape, feature_shape=feature_shape, config=config
-    )
+    return CNN(feature_module, head, input_shape=shape, feature_shape=feature_shape, config=config)
 
 
 def _build_features(

@@ -131,4 +131,7 @@ class MLPHead(nn.Sequential):
                 f"MLPHead expected input of shape (N, {self.in_features}); received a tensor "
                 f"of shape {tuple(input.shape)}."
             )
-        return super().forward(input)
+        x = input
+        for module in self:
+            x = module(x)
+        return x

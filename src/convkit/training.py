@@ -124,9 +124,11 @@ class History:
                 "History.plot() needs matplotlib, which is not installed. Install convkit's "
                 "'plot' extra: pip install \"convkit[plot]\"."
             ) from err
-        names = list(keys) if keys is not None else [
-            k for k in self.history if not k.startswith("val_")
-        ]
+        names = (
+            list(keys)
+            if keys is not None
+            else [k for k in self.history if not k.startswith("val_")]
+        )
         missing = [k for k in names if k not in self.history]
         if missing:
             raise ValueError(
@@ -136,7 +138,7 @@ class History:
         fig = Figure(figsize=(4.5 * max(len(names), 1), 3.5), layout="constrained")
         axes = fig.subplots(1, max(len(names), 1), squeeze=False)[0]
         epochs = [e["epoch"] for e in self.epochs]
-        for ax, name in zip(axes, names):
+        for ax, name in zip(axes, names, strict=False):
             ax.plot(epochs, self.history[name], marker="o", label="train")
             if f"val_{name}" in self.history:
                 ax.plot(epochs, self.history[f"val_{name}"], marker="o", label="validation")
@@ -217,7 +219,8 @@ def _make_optimizer(
     elif isinstance(optimizer, str):
         built = _OPTIMIZERS[optimizer](params, lr=lr, weight_decay=weight_decay)
     elif isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer):
-        built = optimizer(params, lr=lr, weight_decay=weight_decay)
+        cls: Callable[..., torch.optim.Optimizer] = optimizer  # subclasses take lr=, weight_decay=
+        built = cls(params, lr=lr, weight_decay=weight_decay)
     else:
         built = optimizer(params)
         if not isinstance(built, torch.optim.Optimizer):
@@ -332,7 +335,7 @@ def _run_epoch(
         loss = loss_fn(outputs, targets)
         if optimizer is not None:
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            torch.autograd.backward(loss)
             optimizer.step()
         n = inputs.shape[0]
         with torch.no_grad():
@@ -353,14 +356,14 @@ def _run_epoch(
         raise ValueError(f"Invalid value for argument `{check.name}`: it yielded no batches.")
     totals = sums.tolist()  # the one host sync of the epoch
     result = {"loss": totals[0] / count}
-    for metric, total in zip(metrics, totals[1:]):
+    for metric, total in zip(metrics, totals[1:], strict=True):
         result[metric.name] = total / count
     return result
 
 
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 - seeds the legacy global RNG that user code may use
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
@@ -375,7 +378,8 @@ def _check_seed(seed: Any) -> None:
 def _check_bool(name: str, value: Any) -> None:
     if not isinstance(value, bool):
         raise TypeError(
-            f"Invalid type for argument `{name}`. Expected True or False. Received {name}={value!r}."
+            f"Invalid type for argument `{name}`. Expected True or False. "
+            f"Received {name}={value!r}."
         )
 
 
@@ -530,8 +534,14 @@ def fit(
                 dynamic_ncols=True,
             ) as bar:
                 logs = _run_epoch(
-                    model, train_batches, train_check, loss_fn, metric_list, dev,
-                    optimizer=opt, bar=bar,
+                    model,
+                    train_batches,
+                    train_check,
+                    loss_fn,
+                    metric_list,
+                    dev,
+                    optimizer=opt,
+                    bar=bar,
                 )
             if val is not None:
                 with _eval_mode(model), torch.inference_mode():

@@ -1,0 +1,105 @@
+"""The public API: a flat namespace with an explicit, guarded ``__all__`` (as griffe's)."""
+
+from __future__ import annotations
+
+import inspect
+
+import convkit
+
+PUBLIC = {
+    "CNN", "ConvBlock", "Flatten", "History", "MLPHead", "available_devices", "build_cnn",
+    "datasets", "evaluate", "fit", "mnist", "mnist_sample", "predict", "resolve_device", "shapes",
+}  # fmt: skip
+
+
+def test_all_is_exactly_the_public_api() -> None:
+    assert set(convkit.__all__) == PUBLIC
+    assert len(convkit.__all__) == len(set(convkit.__all__))
+    for name in convkit.__all__:
+        assert hasattr(convkit, name)
+
+
+def test_every_public_object_has_a_docstring() -> None:
+    for name in convkit.__all__:
+        obj = getattr(convkit, name)
+        assert inspect.getdoc(obj), f"{name} has no docstring"
+
+
+def _params(fn) -> list[tuple[str, str, object]]:
+    return [(p.name, p.kind.name, p.default) for p in inspect.signature(fn).parameters.values()]
+
+
+def test_signatures_are_the_documented_ones() -> None:
+    kw, pos = "KEYWORD_ONLY", "POSITIONAL_OR_KEYWORD"
+    assert _params(convkit.ConvBlock) == [
+        ("in_channels", pos, inspect.Parameter.empty),
+        ("out_channels", pos, inspect.Parameter.empty),
+        ("kernel_size", pos, 3),
+        ("stride", kw, 1),
+        ("padding", kw, "same"),
+        ("dilation", kw, 1),
+        ("groups", kw, 1),
+        ("bias", kw, None),
+        ("norm", kw, "batch"),
+        ("act", kw, "relu"),
+        ("pool", kw, None),
+        ("pool_size", kw, 2),
+        ("dropout", kw, 0.0),
+        ("order", kw, "conv-norm-act-pool-dropout"),
+    ]
+    assert _params(convkit.MLPHead) == [
+        ("in_features", pos, inspect.Parameter.empty),
+        ("out_features", pos, inspect.Parameter.empty),
+        ("hidden", pos, ()),
+        ("act", kw, "relu"),
+        ("norm", kw, None),
+        ("dropout", kw, 0.0),
+        ("order", kw, "linear-act-norm-dropout"),
+    ]
+    assert _params(convkit.build_cnn)[2:] == [
+        ("channels", kw, (32, 64)),
+        ("kernel_size", kw, 3),
+        ("stride", kw, 1),
+        ("padding", kw, "same"),
+        ("norm", kw, "batch"),
+        ("act", kw, "relu"),
+        ("pool", kw, "max"),
+        ("pool_size", kw, 2),
+        ("dropout", kw, 0.0),
+        ("order", kw, "conv-norm-act-pool-dropout"),
+        ("hidden", kw, (128,)),
+        ("head_act", kw, None),
+        ("head_norm", kw, None),
+        ("head_dropout", kw, 0.0),
+        ("features", kw, None),
+    ]
+    fit_params = {n: d for n, _, d in _params(convkit.fit)}
+    assert fit_params == {
+        "model": inspect.Parameter.empty,
+        "train_data": inspect.Parameter.empty,
+        "epochs": 10,
+        "val_data": None,
+        "batch_size": 128,
+        "optimizer": "adam",
+        "lr": 1e-3,
+        "weight_decay": 0.0,
+        "loss": None,
+        "metrics": ("accuracy",),
+        "device": "auto",
+        "progress": True,
+        "seed": None,
+    }
+    assert _params(convkit.evaluate)[2:] == [
+        ("loss", kw, None),
+        ("metrics", kw, ("accuracy",)),
+        ("device", kw, "auto"),
+        ("batch_size", kw, 256),
+    ]
+    assert _params(convkit.predict)[2:] == [("device", kw, "auto"), ("batch_size", kw, 256)]
+
+
+def test_package_is_typed() -> None:
+    from importlib import resources
+
+    assert resources.files("convkit").joinpath("py.typed").is_file()
+    assert resources.files("convkit").joinpath("data", "mnist_5k.npz").is_file()

@@ -1,0 +1,277 @@
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from convkit import ConvBlock, Flatten
+from convkit.shapes import conv_output_size, pool_output_size
+
+STAGES = ["conv", "norm", "act", "pool", "dropout"]
+
+
+def test_default_block_is_conv_bn_relu_without_bias() -> None:
+    block = ConvBlock(3, 16)
+    assert [name for name, _ in block.named_children()] == ["conv", "norm", "act"]
+    assert isinstance(block.conv, nn.Conv2d) and block.conv.bias is None
+    assert isinstance(block.norm, nn.BatchNorm2d) and block.norm.num_features == 16
+    assert isinstance(block.act, nn.ReLU)
+    assert block.in_channels == 3 and block.out_channels == 16
+    assert block(torch.randn(2, 3, 9, 11)).shape == (2, 16, 9, 11)
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        "conv-norm-act-pool-dropout",
+        "conv-pool-act-norm-dropout",
+        "norm-act-conv-pool-dropout",
+        "dropout-conv-act-pool-norm",
+    ],
+)
+def test_children_follow_order(order: str) -> None:
+    block = ConvBlock(4, 8, pool="max", dropout=0.1, order=order)
+    assert [name for name, _ in block.named_children()] == order.split("-")
+    conv_at = order.split("-").index("conv")
+    norm_at = order.split("-").index("norm")
+    assert block.norm.num_features == (4 if norm_at < conv_at else 8)
+    assert block(torch.randn(2, 4, 8, 8)).shape == (2, 8, 4, 4)
+
+
+def test_forward_is_the_children_in_order() -> None:
+    torch.manual_seed(0)
+    block = ConvBlock(
+        2, 6, 3, norm="batch", act="gelu", pool="avg", order="conv-pool-act-norm"
+    ).eval()
+    x = torch.randn(3, 2, 10, 10)
+    expected = block.norm(block.act(block.pool(block.conv(x))))
+    torch.testing.assert_close(block(x), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "switch_off", [{"norm": None}, {"act": None}, {"pool": None}, {"dropout": 0.0}]
+)
+def test_switched_off_stage_is_left_out(switch_off: dict) -> None:
+    kwargs = {"norm": "batch", "act": "relu", "pool": "max", "dropout": 0.2, **switch_off}
+    block = ConvBlock(1, 4, **kwargs)
+    missing = next(iter(switch_off))
+    names = [name for name, _ in block.named_children()]
+    assert missing not in names
+    assert len(names) == 4
+
+
+@pytest.mark.parametrize(
+    ("norm", "cls", "check"),
+    [
+        ("batch", nn.BatchNorm2d, lambda m: m.num_features == 48),
+        ("group", nn.GroupNorm, lambda m: m.num_groups == 24 and m.num_channels == 48),
+        ("instance", nn.InstanceNorm2d, lambda m: m.affine),
+        ("layer", nn.GroupNorm, lambda m: m.num_groups == 1),
+    ],
+)
+def test_norms(norm: str, cls: type, check) -> None:
+    block = ConvBlock(3, 48, norm=norm)
+    assert isinstance(block.norm, cls) and check(block.norm)
+    assert block(torch.randn(2, 3, 6, 6)).shape == (2, 48, 6, 6)
+
+
+@pytest.mark.parametrize(("channels", "groups"), [(64, 32), (96, 32), (20, 20), (7, 7), (34, 17)])
+def test_group_norm_groups_divide_channels(channels: int, groups: int) -> None:
+    block = ConvBlock(3, channels, norm="group")
+    assert block.norm.num_groups == groups
+    assert channels % block.norm.num_groups == 0
+
+
+def test_norm_callable() -> None:
+    block = ConvBlock(3, 10, norm=lambda c: nn.BatchNorm2d(c, momentum=0.5))
+    assert block.norm.momentum == 0.5 and block.norm.num_features == 10
+
+
+@pytest.mark.parametrize(
+    ("act", "cls"),
+    [
+        ("relu", nn.ReLU),
+        ("leaky_relu", nn.LeakyReLU),
+        ("gelu", nn.GELU),
+        ("silu", nn.SiLU),
+        ("elu", nn.ELU),
+        ("tanh", nn.Tanh),
+        ("sigmoid", nn.Sigmoid),
+        (nn.Hardswish, nn.Hardswish),
+        (lambda: nn.LeakyReLU(0.3), nn.LeakyReLU),
+    ],
+)
+def test_activations(act, cls: type) -> None:
+    assert isinstance(ConvBlock(1, 2, act=act).act, cls)
+
+
+def test_activation_instance_is_copied() -> None:
+    prelu = nn.PReLU()
+    a, b = ConvBlock(1, 2, act=prelu), ConvBlock(2, 2, act=prelu)
+    assert isinstance(a.act, nn.PReLU) and a.act is not prelu and a.act is not b.act
+
+
+@pytest.mark.parametrize(("pool", "cls"), [("max", nn.MaxPool2d), ("avg", nn.AvgPool2d)])
+@pytest.mark.parametrize("pool_size", [2, 3, (2, 1)])
+def test_pooling(pool: str, cls: type, pool_size) -> None:
+    block = ConvBlock(1, 2, pool=pool, pool_size=pool_size)
+    assert isinstance(block.pool, cls)
+    assert block.pool.kernel_size == block.pool.stride
+    out = block(torch.randn(1, 1, 12, 12))
+    ph, pw = (pool_size, pool_size) if isinstance(pool_size, int) else pool_size
+    assert out.shape == (1, 2, 12 // ph, 12 // pw)
+
+
+def test_dropout_is_channelwise() -> None:
+    block = ConvBlock(1, 2, dropout=0.3)
+    assert isinstance(block.dropout, nn.Dropout2d) and block.dropout.p == 0.3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "has_bias"),
+    [
+        ({}, False),  # conv -> norm
+        ({"norm": None}, True),
+        ({"order": "conv-pool-act-norm", "pool": "max"}, True),  # the notebook's order
+        ({"order": "norm-act-conv"}, True),
+        ({"bias": True}, True),
+        ({"norm": None, "bias": False}, False),
+    ],
+)
+def test_bias_default(kwargs: dict, has_bias: bool) -> None:
+    assert (ConvBlock(3, 8, **kwargs).conv.bias is not None) is has_bias
+
+
+@pytest.mark.parametrize("kernel", [1, 2, 3, 4, 5, 6, 7])
+@pytest.mark.parametrize("stride", [1, 2, 3])
+@pytest.mark.parametrize("dilation", [1, 2])
+@pytest.mark.parametrize("size", [7, 8, 13, 16])
+def test_same_padding_gives_ceil_of_input_over_stride(
+    kernel: int, stride: int, dilation: int, size: int
+) -> None:
+    block = ConvBlock(2, 3, kernel, stride=stride, dilation=dilation, norm=None, act=None)
+    out = block(torch.randn(1, 2, size, size + 1))
+    assert out.shape[2:] == (math.ceil(size / stride), math.ceil((size + 1) / stride))
+    assert block.output_size((size, size + 1)) == tuple(out.shape[2:])
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning")
+def test_same_padding_matches_torch_same_for_stride_one() -> None:
+    # nn.Conv2d(padding="same") exists for stride 1: our result must be identical, even kernel too.
+    torch.manual_seed(0)
+    for kernel in (2, 3, 4, 5):
+        block = ConvBlock(2, 3, kernel, norm=None, act=None, bias=True)
+        ref = nn.Conv2d(2, 3, kernel, padding="same")
+        ref.load_state_dict(block.conv.state_dict())
+        x = torch.randn(2, 2, 9, 10)
+        torch.testing.assert_close(block(x), ref(x))
+
+
+def test_even_kernel_same_pads_bottom_right_like_tensorflow() -> None:
+    block = ConvBlock(1, 1, 2, norm=None, act=None, bias=False)
+    assert isinstance(block.conv, nn.Conv2d)
+    assert block.conv.pad == (0, 1, 0, 1)
+    with torch.no_grad():
+        block.conv.weight.fill_(1.0)
+    x = torch.arange(9.0).reshape(1, 1, 3, 3)
+    out = block(x)[0, 0]
+    # bottom-right window sees only x[2, 2] (the rest is zero padding)
+    assert out[2, 2].item() == 8.0 and out[0, 0].item() == 0 + 1 + 3 + 4
+
+
+@pytest.mark.parametrize("padding", [0, 1, 2, (1, 0), "valid"])
+@pytest.mark.parametrize("kernel", [1, 3, (3, 5)])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_explicit_padding_matches_conv2d_formula(padding, kernel, stride) -> None:
+    block = ConvBlock(3, 4, kernel, stride=stride, padding=padding, norm=None)
+    ph, pw = (
+        (0, 0)
+        if padding == "valid"
+        else ((padding, padding) if isinstance(padding, int) else padding)
+    )
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    out = block(torch.randn(1, 3, 15, 14))
+    assert out.shape[2:] == (
+        conv_output_size(15, kh, stride=stride, padding=ph),
+        conv_output_size(14, kw, stride=stride, padding=pw),
+    )
+
+
+def test_groups_and_dilation_passed_to_conv() -> None:
+    block = ConvBlock(8, 16, 3, groups=4, dilation=2, norm=None)
+    assert block.conv.groups == 4 and block.conv.dilation == (2, 2)
+    assert block.conv.weight.shape == (16, 2, 3, 3)
+
+
+def test_pool_output_formula() -> None:
+    block = ConvBlock(1, 1, 5, padding="valid", pool="max")
+    h = pool_output_size(conv_output_size(28, 5), 2)
+    assert block(torch.zeros(1, 1, 28, 28)).shape[2:] == (h, h) == block.output_size((28, 28))
+
+
+def test_block_composes_and_saves(tmp_path) -> None:
+    model = nn.Sequential(
+        ConvBlock(1, 4, pool="max"), ConvBlock(4, 8, 2, stride=2), Flatten(), nn.LazyLinear(3)
+    )
+    out = model(torch.randn(2, 1, 16, 16))
+    assert out.shape == (2, 3)
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    assert "0.conv.weight" in torch.load(tmp_path / "m.pt", weights_only=True)
+
+
+def test_flatten_is_torch_flatten() -> None:
+    assert issubclass(Flatten, nn.Flatten)
+    x = torch.randn(4, 3, 5, 6)
+    torch.testing.assert_close(Flatten()(x), nn.Flatten()(x))
+    assert Flatten()(x).shape == (4, 90)
+
+
+def test_forward_shape_error_names_input_shape() -> None:
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\).*\(2, 1, 8, 8\)"):
+        ConvBlock(3, 4)(torch.randn(2, 1, 8, 8))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"in_channels": 0}, ValueError, r"`in_channels`.*strictly positive.*in_channels=0"),
+        ({"out_channels": -2}, ValueError, r"`out_channels`.*out_channels=-2"),
+        ({"in_channels": 2.0}, TypeError, r"`in_channels`.*Expected an int"),
+        ({"kernel_size": 0}, ValueError, r"`kernel_size`.*kernel_size=0"),
+        ({"kernel_size": (3, 0)}, ValueError, r"`kernel_size`.*\(3, 0\)"),
+        ({"stride": 0}, ValueError, r"`stride`"),
+        ({"padding": "full"}, ValueError, r"`padding`.*'same', 'valid'.*'full'"),
+        ({"padding": -1}, ValueError, r"`padding`"),
+        ({"groups": 3}, ValueError, r"`groups`.*divisor.*groups=3"),
+        (
+            {"norm": "batchnorm"},
+            ValueError,
+            r"`norm`.*'batchnorm'.*'batch', 'group', 'instance', 'layer'",
+        ),
+        ({"norm": 3}, TypeError, r"`norm`"),
+        ({"act": "swish"}, ValueError, r"`act`.*'swish'.*'relu'.*'sigmoid'"),
+        ({"act": 1.5}, TypeError, r"`act`"),
+        ({"pool": "min"}, ValueError, r"`pool`.*'min'.*'max', 'avg'"),
+        ({"dropout": 1.0}, ValueError, r"`dropout`.*\[0, 1\).*dropout=1.0"),
+        ({"dropout": -0.1}, ValueError, r"`dropout`"),
+        ({"order": "conv-norm-relu"}, ValueError, r"`order`.*unknown stage 'relu'"),
+        ({"order": "conv-norm-conv-act"}, ValueError, r"`order`.*'conv' appears more than once"),
+        ({"order": "norm-act"}, ValueError, r"`order`.*must contain 'conv'"),
+        ({"order": "conv-act", "norm": "batch"}, ValueError, r"norm='batch' is switched on"),
+        ({"bias": "yes"}, TypeError, r"`bias`"),
+    ],
+)
+def test_bad_arguments(kwargs: dict, error: type, match: str) -> None:
+    args = {"in_channels": 4, "out_channels": 8, **kwargs}
+    with pytest.raises(error, match=match):
+        ConvBlock(**args)
+
+
+def test_every_order_permutation_builds() -> None:
+    for perm in itertools.permutations(STAGES):
+        block = ConvBlock(2, 4, pool="max", dropout=0.1, order="-".join(perm))
+        assert [n for n, _ in block.named_children()] == list(perm)
+        assert block(torch.randn(2, 2, 8, 8)).shape == (2, 4, 4, 4)
