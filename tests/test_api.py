@@ -88,14 +88,24 @@ def test_signatures_are_the_documented_ones() -> None:
         "device": "auto",
         "progress": True,
         "seed": None,
+        "precision": "32",
+        "memory_format": "auto",
+        "compile": False,
+        "data_on_device": None,
     }
+    runtime = [("precision", kw, "32"), ("memory_format", kw, "auto"), ("data_on_device", kw, None)]
     assert _params(convkit.evaluate)[2:] == [
         ("loss", kw, None),
         ("metrics", kw, ("accuracy",)),
         ("device", kw, "auto"),
         ("batch_size", kw, 256),
+        *runtime,
     ]
-    assert _params(convkit.predict)[2:] == [("device", kw, "auto"), ("batch_size", kw, 256)]
+    assert _params(convkit.predict)[2:] == [
+        ("device", kw, "auto"),
+        ("batch_size", kw, 256),
+        *runtime,
+    ]
 
 
 def test_package_is_typed() -> None:

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 #: Tensor data is moved to an accelerator once, up front, when it takes at most this
 #: fraction of the device's free memory; larger data stays on the host and each batch
-#: is copied over (pinned, non-blocking).
+#: is copied over (pinned, non-blocking). ``data_on_device=True/False`` overrides it.
 DEVICE_MEMORY_FRACTION = 0.25
 
 
@@ -61,11 +61,16 @@ class TensorBatches:
         generator: torch.Generator,
         device: torch.device,
         check: DataCheck | None = None,
+        on_device: bool | None = None,
+        memory_format: torch.memory_format = torch.contiguous_format,
     ) -> None:
         if check is not None:
             check(inputs, targets)
         nbytes = inputs.nbytes + (targets.nbytes if targets is not None else 0)
-        self.on_device = _fits_on(device, nbytes)
+        self.on_device = _fits_on(device, nbytes) if on_device is None else on_device
+        if inputs.dim() == 4 and memory_format is torch.channels_last:
+            # once for the whole dataset, so that every batch slice is already in format
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
         if self.on_device:
             inputs = inputs.to(device)
             targets = targets.to(device) if targets is not None else None
@@ -193,6 +198,8 @@ def make_batches(
     device: torch.device,
     need_targets: bool,
     check: DataCheck | None = None,
+    on_device: bool | None = None,
+    memory_format: torch.memory_format = torch.contiguous_format,
 ) -> TensorBatches | LoaderBatches:
     """Pick the batching path for ``data`` and check it isn't empty or malformed."""
     pair = _tensor_pair(data)
@@ -221,6 +228,8 @@ def make_batches(
             generator=generator,
             device=device,
             check=check,
+            on_device=on_device,
+            memory_format=memory_format,
         )
     if isinstance(data, DataLoader):
         loader = data

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ._data import LoaderBatches, TensorBatches, make_batches
 from ._metrics import Metric, resolve_metrics
+from ._runtime import Runtime
 from ._typing import DeviceLike, MetricFn
 from ._validation import check_non_negative_float, check_positive_int
 from .devices import resolve_device
@@ -288,8 +289,9 @@ def _prepare(
     batch_size: int,
     shuffle: bool,
     generator: torch.Generator,
-    device: torch.device,
+    runtime: Runtime,
     need_targets: bool,
+    data_on_device: bool | None,
 ) -> tuple[TensorBatches | LoaderBatches, _DataCheck]:
     check = _DataCheck(model, name)
     batches = make_batches(
@@ -298,9 +300,11 @@ def _prepare(
         batch_size=batch_size,
         shuffle=shuffle,
         generator=generator,
-        device=device,
+        device=runtime.device,
         need_targets=need_targets,
         check=check,
+        on_device=data_on_device,
+        memory_format=runtime.memory_format,
     )
     return batches, check
 
@@ -315,31 +319,44 @@ def _run_epoch(
     check: _DataCheck,
     loss_fn: LossFn,
     metrics: list[Metric],
-    device: torch.device,
+    runtime: Runtime,
     *,
     optimizer: torch.optim.Optimizer | None,
+    scaler: torch.amp.GradScaler | None = None,
     bar: Any = None,
 ) -> dict[str, float]:
-    """One pass over ``batches``: a training epoch if ``optimizer`` is given."""
+    """One pass over ``batches``: a training epoch if ``optimizer`` is given.
+
+    Nothing in the loop reads a value back to the host: losses and metric totals add up
+    on the device and are read once at the end (the progress bar's running loss is read
+    at most every ``_POSTFIX_INTERVAL_S`` seconds).
+    """
+    device = runtime.device
     sums = torch.zeros(1 + len(metrics), dtype=_accumulator_dtype(device), device=device)
     count = 0
     last_refresh = time.perf_counter()
     for batch in batches:
-        inputs, targets = batch.inputs, batch.targets
+        inputs, targets = runtime.format(batch.inputs), batch.targets
         if targets is None:
             raise ValueError(
                 f"Invalid data in `{check.name}`: batches hold inputs but no targets; pass "
                 "(inputs, targets) pairs."
             )
-        outputs = model(inputs)
-        loss = loss_fn(outputs, targets)
+        with runtime.autocast():
+            outputs = model(inputs)
+            loss = loss_fn(outputs, targets)
         if optimizer is not None:
             optimizer.zero_grad(set_to_none=True)
-            torch.autograd.backward(loss)
-            optimizer.step()
+            if scaler is None:
+                torch.autograd.backward(loss)
+                optimizer.step()
+            else:
+                torch.autograd.backward(scaler.scale(loss))
+                scaler.step(optimizer)
+                scaler.update()
         n = inputs.shape[0]
         with torch.no_grad():
-            detached = outputs.detach()
+            detached = outputs.detach().float()
             values = [loss.detach() * n]
             for metric in metrics:
                 value = metric.fn(detached, targets)
@@ -391,6 +408,14 @@ def _check_model(model: Any) -> None:
         )
 
 
+def _check_data_on_device(value: Any) -> None:
+    if value is not None and not isinstance(value, bool):
+        raise TypeError(
+            "Invalid type for argument `data_on_device`. Expected None (decide by size), True "
+            f"or False. Received data_on_device={value!r}."
+        )
+
+
 def _format_logs(logs: dict[str, float]) -> str:
     return " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
 
@@ -413,6 +438,10 @@ def fit(
     device: DeviceLike = "auto",
     progress: bool = True,
     seed: int | None = None,
+    precision: str = "32",
+    memory_format: str = "auto",
+    compile: bool = False,
+    data_on_device: bool | None = None,
 ) -> History:
     """Train ``model`` on ``train_data`` for ``epochs`` epochs.
 
@@ -450,6 +479,19 @@ def fit(
         seed: Seed Python's, NumPy's and torch's global RNGs (dropout) and the
             shuffling generator, so that a CPU run is repeatable bit for bit. Model
             initialisation happens before ``fit`` and is not covered.
+        precision: ``"32"`` (float32, default), ``"bf16"`` (bfloat16 autocast, on CPU
+            and CUDA; opt-in since it changes the numerics) or ``"16-mixed"`` (float16
+            autocast with a ``GradScaler``, CUDA only).
+        memory_format: ``"auto"`` (default: ``channels_last`` for models containing
+            ``nn.Conv2d`` on CPU and CUDA, where it is measured faster, ``contiguous``
+            otherwise), ``"channels_last"`` or ``"contiguous"``. Applied to the model (it
+            keeps that layout) and to every batch.
+        compile: Train a ``torch.compile``-d version of the model (it shares the
+            parameters). The first epoch then includes compilation time.
+        data_on_device: For in-memory tensors: ``None`` (default) moves the whole dataset
+            to an accelerator once when it takes at most a quarter of the free device
+            memory, else copies each batch; ``True``/``False`` force either way. On the
+            CPU nothing is copied.
 
     Returns:
         The [`History`][convkit.History] of per-epoch losses and metrics; it also records
@@ -483,7 +525,10 @@ def fit(
     loss_fn = _resolve_loss(loss)
     metric_list = resolve_metrics(metrics)
     dev = resolve_device(device)
+    runtime = Runtime.create(model, dev, precision, memory_format)
     _check_bool("progress", progress)
+    _check_bool("compile", compile)
+    _check_data_on_device(data_on_device)
     _check_seed(seed)
     if seed is None:  # follow the global RNG, so torch.manual_seed() before fit still works
         shuffle_seed = int(torch.empty((), dtype=torch.int64).random_().item())
@@ -497,8 +542,9 @@ def fit(
         batch_size=batch_size,
         shuffle=True,
         generator=generator,
-        device=dev,
+        runtime=runtime,
         need_targets=True,
+        data_on_device=data_on_device,
     )
     val = None
     if val_data is not None:
@@ -509,15 +555,18 @@ def fit(
             batch_size=batch_size,
             shuffle=False,
             generator=torch.Generator().manual_seed(0),  # never shuffles; keeps RNGs apart
-            device=dev,
+            runtime=runtime,
             need_targets=True,
+            data_on_device=data_on_device,
         )
 
     # ---- training
     if seed is not None:
         _seed_everything(seed)
-    model.to(dev)
+    runtime.place(model)
     opt = _make_optimizer(optimizer, model, lr, weight_decay)
+    scaler = runtime.grad_scaler()
+    net: nn.Module = torch.compile(model) if compile else model  # type: ignore[assignment]
     history = History(seed=seed, device=str(dev))
     modes = {module: module.training for module in model.modules()}
     logger.info("fit: %d epochs on %s", epochs, dev)
@@ -534,19 +583,20 @@ def fit(
                 dynamic_ncols=True,
             ) as bar:
                 logs = _run_epoch(
-                    model,
+                    net,
                     train_batches,
                     train_check,
                     loss_fn,
                     metric_list,
-                    dev,
+                    runtime,
                     optimizer=opt,
+                    scaler=scaler,
                     bar=bar,
                 )
             if val is not None:
                 with _eval_mode(model), torch.inference_mode():
                     val_logs = _run_epoch(
-                        model, val[0], val[1], loss_fn, metric_list, dev, optimizer=None
+                        net, val[0], val[1], loss_fn, metric_list, runtime, optimizer=None
                     )
                 logs.update({f"val_{k}": v for k, v in val_logs.items()})
             seconds = time.perf_counter() - start
@@ -568,6 +618,9 @@ def evaluate(
     metrics: Sequence[str | MetricFn] = ("accuracy",),
     device: DeviceLike = "auto",
     batch_size: int = 256,
+    precision: str = "32",
+    memory_format: str = "auto",
+    data_on_device: bool | None = None,
 ) -> dict[str, float]:
     """Loss and metrics of ``model`` on ``data``, as exact means over samples.
 
@@ -582,6 +635,9 @@ def evaluate(
         metrics: As in ``fit``.
         device: As in ``fit``.
         batch_size: Samples per batch for data that isn't a ``DataLoader``.
+        precision: As in ``fit``.
+        memory_format: As in ``fit``.
+        data_on_device: As in ``fit``.
 
     Returns:
         ``{"loss": ..., "accuracy": ...}`` (one key per metric).
@@ -602,7 +658,8 @@ def evaluate(
     check_positive_int("batch_size", batch_size)
     loss_fn = _resolve_loss(loss)
     metric_list = resolve_metrics(metrics)
-    dev = resolve_device(device)
+    runtime = Runtime.create(model, resolve_device(device), precision, memory_format)
+    _check_data_on_device(data_on_device)
     batches, check = _prepare(
         model,
         data,
@@ -610,12 +667,13 @@ def evaluate(
         batch_size=batch_size,
         shuffle=False,
         generator=torch.Generator().manual_seed(0),
-        device=dev,
+        runtime=runtime,
         need_targets=True,
+        data_on_device=data_on_device,
     )
-    model.to(dev)
+    runtime.place(model)
     with _eval_mode(model), torch.inference_mode():
-        return _run_epoch(model, batches, check, loss_fn, metric_list, dev, optimizer=None)
+        return _run_epoch(model, batches, check, loss_fn, metric_list, runtime, optimizer=None)
 
 
 def predict(
@@ -624,6 +682,9 @@ def predict(
     *,
     device: DeviceLike = "auto",
     batch_size: int = 256,
+    precision: str = "32",
+    memory_format: str = "auto",
+    data_on_device: bool | None = None,
 ) -> torch.Tensor:
     """Outputs (logits) of ``model`` for every sample of ``data``, in order.
 
@@ -636,6 +697,9 @@ def predict(
             ``DataLoader`` (targets, if present, are ignored).
         device: As in ``fit``.
         batch_size: Samples per batch for data that isn't a ``DataLoader``.
+        precision: As in ``fit``; the outputs are returned as float32 either way.
+        memory_format: As in ``fit``.
+        data_on_device: As in ``fit``.
 
     Returns:
         A CPU tensor of shape ``(N, num_classes)``; ``.argmax(1)`` gives the classes.
@@ -648,7 +712,8 @@ def predict(
     """
     _check_model(model)
     check_positive_int("batch_size", batch_size)
-    dev = resolve_device(device)
+    runtime = Runtime.create(model, resolve_device(device), precision, memory_format)
+    _check_data_on_device(data_on_device)
     batches, _ = _prepare(
         model,
         data,
@@ -656,12 +721,14 @@ def predict(
         batch_size=batch_size,
         shuffle=False,
         generator=torch.Generator().manual_seed(0),
-        device=dev,
+        runtime=runtime,
         need_targets=False,
+        data_on_device=data_on_device,
     )
-    model.to(dev)
+    runtime.place(model)
     outputs = []
     with _eval_mode(model), torch.inference_mode():
         for batch in batches:
-            outputs.append(model(batch.inputs))
-    return torch.cat(outputs).cpu()
+            with runtime.autocast():
+                outputs.append(model(runtime.format(batch.inputs)))
+    return torch.cat(outputs).float().cpu()

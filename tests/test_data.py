@@ -1,0 +1,75 @@
+"""The in-memory tensor path gives exactly the DataLoader path's batches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from convkit._data import LoaderBatches, TensorBatches, make_batches
+
+
+@pytest.mark.parametrize("batch_size", [32, 50, 300, 512])
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_tensor_batches_equal_dataloader_batches(
+    small_data, batch_size: int, shuffle: bool
+) -> None:
+    inputs, targets = small_data
+    tensor_gen, loader_gen = torch.Generator().manual_seed(123), torch.Generator().manual_seed(123)
+    ours = make_batches(
+        (inputs, targets), name="data", batch_size=batch_size, shuffle=shuffle,
+        generator=tensor_gen, device=torch.device("cpu"), need_targets=True,
+    )  # fmt: skip
+    assert isinstance(ours, TensorBatches)
+    loader = DataLoader(
+        TensorDataset(inputs, targets), batch_size=batch_size, shuffle=shuffle, generator=loader_gen
+    )
+    for _epoch in range(3):  # the generators must stay in step across epochs
+        theirs = list(loader)
+        mine = list(ours)
+        assert len(mine) == len(theirs) == len(ours)
+        for batch, (x, y) in zip(mine, theirs, strict=True):
+            assert torch.equal(batch.inputs, x)
+            assert torch.equal(batch.targets, y)
+
+
+def test_tensor_path_does_no_per_sample_getitem(small_data) -> None:
+    class Counting(TensorDataset):
+        calls = 0
+
+        def __getitem__(self, index):  # type: ignore[no-untyped-def]
+            Counting.calls += 1
+            return super().__getitem__(index)
+
+    batches = make_batches(
+        Counting(*small_data), name="data", batch_size=64, shuffle=True,
+        generator=torch.Generator().manual_seed(0), device=torch.device("cpu"), need_targets=True,
+    )  # fmt: skip
+    assert sum(b.inputs.shape[0] for b in batches) == 300
+    assert Counting.calls == 0
+
+
+def test_other_datasets_go_through_a_dataloader(small_data) -> None:
+    class Plain(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 10
+
+        def __getitem__(self, i: int):  # type: ignore[no-untyped-def]
+            return small_data[0][i], small_data[1][i]
+
+    batches = make_batches(
+        Plain(), name="data", batch_size=4, shuffle=False,
+        generator=torch.Generator(), device=torch.device("cpu"), need_targets=True,
+    )  # fmt: skip
+    assert isinstance(batches, LoaderBatches)
+    assert [b.inputs.shape[0] for b in batches] == [4, 4, 2]
+
+
+def test_channels_last_data_is_converted_once(small_data) -> None:
+    batches = make_batches(
+        small_data, name="data", batch_size=64, shuffle=True, generator=torch.Generator(),
+        device=torch.device("cpu"), need_targets=True, memory_format=torch.channels_last,
+    )  # fmt: skip
+    assert batches.inputs.is_contiguous(memory_format=torch.channels_last)
+    first = next(iter(batches))
+    assert first.inputs.is_contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,133 @@
+"""Precision, memory format, compile and the sync-free loop."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from convkit import build_cnn, evaluate, fit, mnist_sample, predict
+
+NOTEBOOK = {
+    "channels": (32, 64),
+    "kernel_size": 5,
+    "padding": "valid",
+    "order": "conv-pool-act-norm-dropout",
+    "dropout": 0.25,
+    "hidden": (200,),
+    "head_norm": "batch",
+    "head_dropout": 0.25,
+}
+
+
+def tiny_cnn(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return build_cnn((1, 28, 28), 10, channels=(4, 8), hidden=(16,))
+
+
+def test_auto_memory_format_is_channels_last_for_conv_nets(small_data) -> None:
+    model = tiny_cnn()
+    fit(model, small_data, epochs=1, progress=False, device="cpu")
+    weight = model.features.block2.conv.weight  # 4 -> 8 channels
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    assert not weight.is_contiguous()  # with C_in > 1 the two layouts differ
+    fit(model, small_data, epochs=1, progress=False, device="cpu", memory_format="contiguous")
+    assert model.features.block2.conv.weight.is_contiguous()
+
+
+def test_channels_last_and_contiguous_train_the_same(small_data) -> None:
+    losses = {}
+    for fmt in ("channels_last", "contiguous"):
+        model = tiny_cnn(seed=1)
+        history = fit(
+            model, small_data, epochs=2, progress=False, device="cpu", seed=0, memory_format=fmt
+        )
+        losses[fmt] = history["loss"]
+    assert losses["channels_last"] == pytest.approx(losses["contiguous"], rel=1e-4)
+
+
+def test_bf16_training_reaches_95_percent() -> None:
+    torch.manual_seed(0)
+    model = build_cnn((1, 28, 28), 10, **NOTEBOOK)
+    test = mnist_sample(train=False)
+    fit(model, mnist_sample(), epochs=3, progress=False, device="cpu", seed=0, precision="bf16")
+    scores = evaluate(model, test, device="cpu", precision="bf16")
+    assert scores["accuracy"] >= 0.95
+    fp32 = evaluate(model, test, device="cpu")
+    assert abs(fp32["accuracy"] - scores["accuracy"]) < 0.02
+    logits = predict(model, test.tensors[0][:8], device="cpu", precision="bf16")
+    assert logits.dtype == torch.float32
+
+
+def test_bf16_actually_autocasts(small_data) -> None:
+    seen = []
+    model = tiny_cnn()
+    model.head.output.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    predict(model, small_data[0][:4], device="cpu", precision="bf16")
+    predict(model, small_data[0][:4], device="cpu")
+    assert seen == [torch.bfloat16, torch.float32]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        (
+            {"precision": "16-mixed"},
+            ValueError,
+            r"`precision`.*'16-mixed' needs a CUDA device.*'bf16'",
+        ),
+        ({"precision": "fp8"}, ValueError, r"`precision`.*'32'.*'bf16'.*'16-mixed'.*'fp8'"),
+        ({"memory_format": "nhwc"}, ValueError, r"`memory_format`.*'channels_last'.*'nhwc'"),
+        ({"compile": "yes"}, TypeError, r"`compile`"),
+        ({"data_on_device": "auto"}, TypeError, r"`data_on_device`"),
+    ],
+)
+def test_bad_runtime_arguments(kwargs, error, match, small_data) -> None:
+    with pytest.raises(error, match=match):
+        fit(tiny_cnn(), small_data, progress=False, device="cpu", **kwargs)
+
+
+def _count_host_reads(monkeypatch) -> list[str]:
+    """Count reads of tensor values made by convkit's own code.
+
+    (torch's Adam reads its CPU-resident ``step`` counter with ``.item()``; that is
+    not a device sync and not convkit's doing, so only convkit's frames count.)
+    """
+    calls: list[str] = []
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__"):
+        original = getattr(torch.Tensor, name)
+
+        def counting(self, *args, _original=original, _name=name):  # type: ignore[no-untyped-def]
+            caller = sys._getframe(1).f_code.co_filename
+            if f"{os.sep}convkit{os.sep}" in caller:
+                calls.append(f"{_name} in {os.path.basename(caller)}")
+            return _original(self, *args)
+
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    return calls
+
+
+def test_no_host_sync_per_batch(small_data, monkeypatch) -> None:
+    reads = {}
+    for batch_size in (10, 100):  # 30 batches vs 3 batches per epoch
+        model = tiny_cnn()
+        calls = _count_host_reads(monkeypatch)
+        fit(
+            model, small_data, epochs=2, batch_size=batch_size, progress=False, device="cpu", seed=0
+        )
+        reads[batch_size] = len(calls)
+        monkeypatch.undo()
+    assert reads[10] == reads[100]
+    assert reads[10] <= 5  # a few per run (the epoch totals, the target check), not per batch
+
+
+@pytest.mark.slow
+def test_compile_trains_the_same_parameters(small_data) -> None:
+    model = tiny_cnn()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    history = fit(model, small_data, epochs=1, progress=False, device="cpu", compile=True)
+    assert history["loss"][0] > 0
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
