@@ -275,3 +275,49 @@ def test_every_order_permutation_builds() -> None:
         block = ConvBlock(2, 4, pool="max", dropout=0.1, order="-".join(perm))
         assert [n for n, _ in block.named_children()] == list(perm)
         assert block(torch.randn(2, 2, 8, 8)).shape == (2, 4, 4, 4)
+
+
+def test_relu_runs_in_place_except_as_the_first_stage() -> None:
+    assert ConvBlock(2, 4).act.inplace
+    first = ConvBlock(2, 4, norm=None, order="act-conv")
+    assert not first.act.inplace
+    x = torch.randn(2, 2, 6, 6)
+    before = x.clone()
+    first(x)
+    assert torch.equal(x, before)  # the caller's tensor is untouched
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        "conv-norm-act-pool-dropout",
+        "conv-pool-act-norm-dropout",
+        "conv-norm-dropout-act",
+        "norm-act-conv",
+        "conv-pool-norm-act",
+    ],
+)
+@pytest.mark.parametrize("act", ["relu", "leaky_relu", "elu"])
+def test_in_place_activations_give_the_same_gradients(order: str, act: str) -> None:
+    torch.manual_seed(0)
+    kwargs = {
+        "pool": "max" if "pool" in order else None,
+        "dropout": 0.0,
+        "act": act,
+        "order": order,
+    }
+    block = ConvBlock(3, 4, **kwargs)  # train mode: BatchNorm uses batch statistics
+    reference = ConvBlock(3, 4, **kwargs)
+    reference.load_state_dict(block.state_dict())
+    for module in reference.modules():
+        if hasattr(module, "inplace"):
+            module.inplace = False
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    y = torch.randn(2, 3, 8, 8, requires_grad=True)
+    with torch.no_grad():
+        y.copy_(x)
+    block(x).square().sum().backward()
+    reference(y).square().sum().backward()
+    torch.testing.assert_close(x.grad, y.grad)
+    for p, q in zip(block.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad)

@@ -38,7 +38,8 @@ def test_notebook_network_layer_for_layer(sample_test) -> None:
     assert len(ours) == len(theirs) == 16
     for a, b in zip(ours, theirs, strict=True):
         assert isinstance(a, type(b))  # convkit's Flatten subclasses nn.Flatten
-        assert a.extra_repr() == b.extra_repr()
+        if not isinstance(a, nn.ReLU):  # ours run in place: same function, less memory
+            assert a.extra_repr() == b.extra_repr()
     assert sum(p.numel() for p in model.parameters()) == 259_698
     assert sum(p.numel() for p in ref.parameters()) == 259_698
 

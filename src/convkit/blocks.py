@@ -131,7 +131,9 @@ class ConvBlock(nn.Sequential):
             normalises ``in_channels``; after it, ``out_channels``.
         act: ``"relu"``, ``"leaky_relu"``, ``"gelu"``, ``"silu"``, ``"elu"``, ``"tanh"``,
             ``"sigmoid"``, ``None``, an ``nn.Module`` subclass, a zero-argument callable
-            returning a module, or a module instance (copied).
+            returning a module, or a module instance (copied). ``"relu"``,
+            ``"leaky_relu"`` and ``"elu"`` run in place (as in torchvision) unless they
+            are the block's first stage, where they would overwrite its input.
         pool: ``"max"``, ``"avg"`` or ``None``.
         pool_size: Pooling window, also used as its stride; an int or a pair.
         dropout: Probability in ``[0, 1)`` of zeroing a whole channel (``nn.Dropout2d``);
@@ -244,7 +246,8 @@ class ConvBlock(nn.Sequential):
                 channels = in_channels if position < conv_at else out_channels
                 layer = create_norm("norm", norm, channels, NORMS_2D)
             elif stage == "act":
-                layer = create_act("act", act)
+                # never in place as the first stage: it would overwrite the block's input
+                layer = create_act("act", act, inplace=position > 0)
             elif stage == "pool":
                 # a square window prints as nn.MaxPool2d(2) does: kernel_size=2
                 layer = create_pool("pool", pool, pools[0] if pools[0] == pools[1] else pools)

@@ -115,7 +115,7 @@ class MLPHead(nn.Sequential):
                 if stage == "linear":
                     layer = nn.Linear(width_in, width)
                 elif stage == "act":
-                    layer = create_act("act", act)
+                    layer = create_act("act", act, inplace=True)  # never the first stage
                 elif stage == "norm":
                     layer = create_norm("norm", norm, width, NORMS_1D)
                 else:
