@@ -395,7 +395,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
 
     e, d, o = results["e2e"], results["data"], results["overhead"]
     labels = [
-        "data path\n(notebook / convkit)",
+        "data path\n(convkit / notebook)",
         "fit / hand loop",
         "fit / notebook",
         "fit bf16 / notebook",
@@ -458,7 +458,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "performance.md",
                         help="page to regenerate; '-' to skip")  # fmt: skip
+    parser.add_argument("--render", action="store_true",
+                        help="measure nothing: redraw the charts and the docs page from the "
+                        "results-*.json already in --out-dir")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.render:
+        img = args.docs.parent / "img"
+        img.mkdir(parents=True, exist_ok=True)
+        for path in sorted(args.out_dir.glob("results-*.json")):
+            results = json.loads(path.read_text())
+            kind = path.stem.removeprefix("results-")
+            chart(results, img / f"benchmark-{kind}.png")
+            (args.out_dir / f"results-{kind}.md").write_text(markdown(results) + "\n")
+        write_docs(args.out_dir, args.docs)
+        return {"rendered": True}
     if args.quick:
         args.repeats, args.epochs, args.rounds = 2, 1, 1
     device = convkit.resolve_device(args.device)

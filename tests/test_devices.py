@@ -59,13 +59,77 @@ def test_every_entry_point_checks_the_device(function) -> None:
         fit(model, (x, y), device="cuda:9")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_training_moves_model_and_batches() -> None:  # pragma: no cover - GPU only
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@cuda
+@pytest.mark.parametrize("precision", ["32", "bf16", "16-mixed"])
+def test_cuda_training_reaches_95_percent(precision: str) -> None:  # pragma: no cover - GPU only
     from convkit import mnist_sample
 
     torch.manual_seed(0)
-    model = build_cnn((1, 28, 28), 10, channels=(8,), hidden=())
-    history = fit(model, mnist_sample(), epochs=1, device="cuda", progress=False)
+    model = build_cnn(
+        (1, 28, 28), 10, channels=(32, 64), kernel_size=5, padding="valid",
+        order="conv-pool-act-norm-dropout", dropout=0.25, hidden=(200,), head_norm="batch",
+        head_dropout=0.25,
+    )  # fmt: skip
+    test = mnist_sample(False)
+    history = fit(model, mnist_sample(), epochs=3, device="cuda", progress=False, seed=0,
+                  precision=precision)  # fmt: skip
     assert history.device.startswith("cuda")
     assert next(model.parameters()).is_cuda
-    assert predict(model, mnist_sample(False), device="cuda").device.type == "cpu"
+    assert evaluate(model, test, device="cuda", precision=precision)["accuracy"] >= 0.95
+    logits = predict(model, test, device="cuda", precision=precision)
+    assert logits.device.type == "cpu" and logits.dtype == torch.float32
+
+
+@cuda
+@pytest.mark.parametrize("on_device", [True, False])
+def test_cuda_tensor_and_loader_paths_agree(on_device: bool) -> None:  # pragma: no cover
+    from torch.utils.data import Dataset
+
+    from convkit import mnist_sample
+
+    x, y = mnist_sample().tensors
+    x, y = x[:512], y[:512]
+
+    class Plain(Dataset):
+        def __len__(self) -> int:
+            return len(x)
+
+        def __getitem__(self, i: int):  # type: ignore[no-untyped-def]
+            return x[i], y[i]
+
+    results = []
+    for data in ((x, y), Plain()):
+        torch.manual_seed(0)
+        model = build_cnn((1, 28, 28), 10, channels=(8,), hidden=(), norm=None)
+        history = fit(model, data, epochs=2, batch_size=64, device="cuda", progress=False,
+                      seed=1, data_on_device=on_device)  # fmt: skip
+        results.append(history["loss"])
+    assert results[0] == pytest.approx(results[1], rel=1e-4)
+
+
+@cuda
+def test_cuda_loop_does_not_sync_per_batch() -> None:  # pragma: no cover - GPU only
+    import warnings
+
+    from convkit import mnist_sample
+
+    x, y = mnist_sample().tensors
+    counts = {}
+    for batch_size in (16, 256):
+        torch.manual_seed(0)
+        model = build_cnn((1, 28, 28), 10, channels=(8,), hidden=())
+        fit(model, (x[:1024], y[:1024]), epochs=1, device="cuda", progress=False)  # warm-up
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                fit(model, (x[:1024], y[:1024]), epochs=2, batch_size=batch_size,
+                    device="cuda", progress=False)  # fmt: skip
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        counts[batch_size] = sum("synchroniz" in str(w.message) for w in caught)
+    assert counts[16] == counts[256], counts  # 64 batches vs 4 batches per epoch
