@@ -332,7 +332,12 @@ def _run_epoch(
     at most every ``_POSTFIX_INTERVAL_S`` seconds).
     """
     device = runtime.device
-    sums = torch.zeros(1 + len(metrics), dtype=_accumulator_dtype(device), device=device)
+    # One accumulator per value, each updated by a single in-place kernel per batch (a
+    # small model on a GPU is bound by kernel launches, so every launch counts).
+    sums = [
+        torch.zeros((), dtype=_accumulator_dtype(device), device=device)
+        for _ in range(1 + len(metrics))
+    ]
     count = 0
     last_refresh = time.perf_counter()
     for batch in batches:
@@ -357,11 +362,9 @@ def _run_epoch(
         n = inputs.shape[0]
         with torch.no_grad():
             detached = outputs.detach().float()
-            values = [loss.detach() * n]
-            for metric in metrics:
-                value = metric.fn(detached, targets)
-                values.append(value if metric.is_sum else value * n)
-            sums += torch.stack([v.to(sums.dtype) for v in values])
+            sums[0].add_(loss.detach(), alpha=n)
+            for total, metric in zip(sums[1:], metrics, strict=True):
+                total.add_(metric.fn(detached, targets), alpha=1 if metric.is_sum else n)
         count += n
         if bar is not None:
             bar.update(1)
@@ -371,7 +374,7 @@ def _run_epoch(
                 bar.set_postfix(loss=f"{sums[0].item() / count:.4f}", refresh=False)
     if count == 0:
         raise ValueError(f"Invalid value for argument `{check.name}`: it yielded no batches.")
-    totals = sums.tolist()  # the one host sync of the epoch
+    totals = torch.stack(sums).tolist()  # the one host sync of the epoch
     result = {"loss": totals[0] / count}
     for metric, total in zip(metrics, totals[1:], strict=True):
         result[metric.name] = total / count
