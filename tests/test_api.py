@@ -7,6 +7,8 @@ import inspect
 import convkit
 
 PUBLIC = {
+    "CSVLogger", "Callback", "EarlyStopping", "ModelCheckpoint", "TrainState", "callbacks",
+    "checkpoints", "load_checkpoint", "load_model", "save_checkpoint",
     "CNN", "ConvBlock", "Flatten", "History", "MLPHead", "available_devices", "build_cnn",
     "datasets", "evaluate", "fit", "mnist", "mnist_sample", "predict", "resolve_device", "shapes",
 }  # fmt: skip
@@ -92,6 +94,12 @@ def test_signatures_are_the_documented_ones() -> None:
         "memory_format": "auto",
         "compile": False,
         "data_on_device": None,
+        "callbacks": (),
+        "scheduler": None,
+        "grad_clip": None,
+        "resume_from": None,
+        "nan_guard": True,
+        "sync_batchnorm": False,
     }
     runtime = [("precision", kw, "32"), ("memory_format", kw, "auto"), ("data_on_device", kw, None)]
     assert _params(convkit.evaluate)[2:] == [

@@ -116,7 +116,14 @@ def test_no_host_sync_per_batch(small_data, monkeypatch) -> None:
         model = tiny_cnn()
         calls = _count_host_reads(monkeypatch)
         fit(
-            model, small_data, epochs=2, batch_size=batch_size, progress=False, device="cpu", seed=0
+            model,
+            small_data,
+            epochs=2,
+            batch_size=batch_size,
+            progress=False,
+            device="cpu",
+            seed=0,
+            nan_guard=False,  # the guard reads one flag per batch, by design
         )
         reads[batch_size] = len(calls)
         monkeypatch.undo()
@@ -131,3 +138,14 @@ def test_compile_trains_the_same_parameters(small_data) -> None:
     history = fit(model, small_data, epochs=1, progress=False, device="cpu", compile=True)
     assert history["loss"][0] > 0
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_nan_guard_reads_exactly_one_flag_per_batch(small_data, monkeypatch) -> None:
+    reads = {}
+    for guard in (False, True):
+        calls = _count_host_reads(monkeypatch)
+        fit(tiny_cnn(), small_data, epochs=1, batch_size=10, progress=False, device="cpu",
+            nan_guard=guard)  # fmt: skip
+        reads[guard] = len(calls)
+        monkeypatch.undo()
+    assert reads[True] - reads[False] == 30  # 300 samples / 10 per batch

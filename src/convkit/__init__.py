@@ -6,8 +6,10 @@ Blocks ([`ConvBlock`][convkit.ConvBlock], [`Flatten`][convkit.Flatten],
 ([`fit`][convkit.fit], [`evaluate`][convkit.evaluate], [`predict`][convkit.predict]).
 """
 
-from . import datasets, shapes
+from . import callbacks, checkpoints, datasets, shapes
 from .blocks import ConvBlock, Flatten
+from .callbacks import Callback, CSVLogger, EarlyStopping, ModelCheckpoint, TrainState
+from .checkpoints import load_checkpoint, load_model, save_checkpoint
 from .datasets import mnist, mnist_sample
 from .devices import available_devices, resolve_device
 from .factory import CNN, build_cnn
@@ -18,18 +20,28 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CNN",
+    "CSVLogger",
+    "Callback",
     "ConvBlock",
+    "EarlyStopping",
     "Flatten",
     "History",
     "MLPHead",
+    "ModelCheckpoint",
+    "TrainState",
     "available_devices",
     "build_cnn",
+    "callbacks",
+    "checkpoints",
     "datasets",
     "evaluate",
     "fit",
+    "load_checkpoint",
+    "load_model",
     "mnist",
     "mnist_sample",
     "predict",
     "resolve_device",
+    "save_checkpoint",
     "shapes",
 ]

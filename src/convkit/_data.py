@@ -16,13 +16,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    IterableDataset,
+    TensorDataset,
+)
 
 #: Tensor data is moved to an accelerator once, up front, when it takes at most this
 #: fraction of the device's free memory; larger data stays on the host and each batch
 #: is copied over (pinned, non-blocking). ``data_on_device=True/False`` overrides it.
 DEVICE_MEMORY_FRACTION = 0.25
 
+
+#: ``(rank, world_size)`` of a distributed run: each rank sees its own shard.
+Shard = tuple[int, int]
 
 #: Called on host data before it moves: whole tensors once, or each loader batch.
 DataCheck = Callable[[torch.Tensor, "torch.Tensor | None"], None]
@@ -63,9 +72,12 @@ class TensorBatches:
         check: DataCheck | None = None,
         on_device: bool | None = None,
         memory_format: torch.memory_format = torch.contiguous_format,
+        shard: Shard | None = None,
+        seed: int = 0,
     ) -> None:
         if check is not None:
             check(inputs, targets)
+        self.shard, self.seed, self.epoch = shard, seed, 0
         nbytes = inputs.nbytes + (targets.nbytes if targets is not None else 0)
         self.on_device = _fits_on(device, nbytes) if on_device is None else on_device
         if inputs.dim() == 4 and memory_format is torch.channels_last:
@@ -83,17 +95,46 @@ class TensorBatches:
 
     @property
     def num_samples(self) -> int:
-        return int(self.inputs.shape[0])
+        return len(self._shard_indices()) if self.shard else int(self.inputs.shape[0])
 
     def __len__(self) -> int:
         return -(-self.num_samples // self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch, for the distributed shuffle (as ``DistributedSampler.set_epoch``)."""
+        self.epoch = epoch
+
+    def _shard_indices(self) -> torch.Tensor:
+        assert self.shard is not None
+        rank, world = self.shard
+        n = int(self.inputs.shape[0])
+        if not self.shuffle:
+            # evaluation: a strided split without padding, so that the all-reduced sums
+            # count every sample exactly once
+            return torch.arange(rank, n, world)
+        # training: exactly DistributedSampler's shard (padded to equal sizes, as DDP needs)
+        positions: Any = range(n)  # DistributedSampler only needs len()
+        sampler: DistributedSampler[int] = DistributedSampler(
+            positions, num_replicas=world, rank=rank, shuffle=True, seed=self.seed
+        )
+        sampler.set_epoch(self.epoch)
+        return torch.tensor(list(sampler), dtype=torch.int64)
 
     def _move(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor if self.on_device else tensor.to(self.device, non_blocking=True)
 
     def __iter__(self) -> Iterator[Batch]:
         n, size = self.num_samples, self.batch_size
-        if self.shuffle:
+        if self.shard is not None:
+            order = self._shard_indices().to(self.inputs.device)
+            for start in range(0, n, size):
+                index = order[start : start + size]
+                targets = self.targets[index] if self.targets is not None else None
+                yield Batch(
+                    self._move(self.inputs[index]),
+                    self._move(targets) if targets is not None else None,
+                )
+        elif self.shuffle:
             _draw_base_seed(self.generator)
             order = torch.randperm(n, generator=self.generator).to(self.inputs.device)
             for start in range(0, n, size):
@@ -138,6 +179,11 @@ class LoaderBatches:
     def __len__(self) -> int:
         return len(self.loader)
 
+    def set_epoch(self, epoch: int) -> None:
+        sampler = self.loader.sampler
+        if isinstance(sampler, DistributedSampler):
+            sampler.set_epoch(epoch)
+
     def __iter__(self) -> Iterator[Batch]:
         non_blocking = self.device.type == "cuda"
         for index, batch in enumerate(self.loader):
@@ -148,6 +194,31 @@ class LoaderBatches:
                 inputs.to(self.device, non_blocking=non_blocking),
                 targets.to(self.device, non_blocking=non_blocking) if targets is not None else None,
             )
+
+
+def _shard_loader(
+    loader: DataLoader[Any], shard: Shard, *, shuffle: bool, seed: int
+) -> DataLoader[Any]:
+    """The same loader over this rank's shard: DistributedSampler for training, a
+    strided, unpadded split for evaluation (so every sample counts exactly once)."""
+    rank, world = shard
+    dataset = loader.dataset
+    sampler: Any
+    if shuffle:
+        sampler = DistributedSampler(
+            dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed
+        )
+    else:
+        sampler = list(range(rank, len(dataset), world))  # type: ignore[arg-type]
+    return DataLoader(
+        dataset,
+        batch_size=loader.batch_size,
+        sampler=sampler,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        drop_last=loader.drop_last,
+    )
 
 
 def split_batch(batch: Any, *, name: str, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -200,6 +271,8 @@ def make_batches(
     check: DataCheck | None = None,
     on_device: bool | None = None,
     memory_format: torch.memory_format = torch.contiguous_format,
+    shard: Shard | None = None,
+    seed: int = 0,
 ) -> TensorBatches | LoaderBatches:
     """Pick the batching path for ``data`` and check it isn't empty or malformed."""
     pair = _tensor_pair(data)
@@ -230,9 +303,13 @@ def make_batches(
             check=check,
             on_device=on_device,
             memory_format=memory_format,
+            shard=shard,
+            seed=seed,
         )
     if isinstance(data, DataLoader):
         loader = data
+        if shard is not None and not isinstance(loader.sampler, DistributedSampler):
+            loader = _shard_loader(loader, shard, shuffle=shuffle, seed=seed)
     elif isinstance(data, Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
         is_iterable = isinstance(data, IterableDataset)
         loader = DataLoader(
@@ -242,6 +319,8 @@ def make_batches(
             generator=generator,
             pin_memory=device.type == "cuda",
         )
+        if shard is not None and not is_iterable:
+            loader = _shard_loader(loader, shard, shuffle=shuffle, seed=seed)
     else:
         raise TypeError(
             f"Invalid type for argument `{name}`. Expected a DataLoader, a Dataset or an "

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,11 +25,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._data import LoaderBatches, TensorBatches, make_batches
+from ._data import LoaderBatches, Shard, TensorBatches, make_batches
+from ._distributed import broadcast_int, device_for
+from ._distributed import setup as setup_distributed
 from ._metrics import Metric, resolve_metrics
 from ._runtime import Runtime
 from ._typing import DeviceLike, MetricFn
 from ._validation import check_non_negative_float, check_positive_int
+from .callbacks import Callback, TrainState
+from .checkpoints import load_checkpoint, set_rng_state
 from .devices import resolve_device
 from .factory import _infer_output_shape
 
@@ -43,6 +51,9 @@ _OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adamw": torch.optim.AdamW,
     "sgd": lambda params, **kw: torch.optim.SGD(params, momentum=0.9, **kw),
 }
+
+# Schedulers whose schedule is counted in optimizer steps: stepped after every batch.
+_PER_BATCH_SCHEDULERS = (torch.optim.lr_scheduler.OneCycleLR, torch.optim.lr_scheduler.CyclicLR)
 
 # How often the progress bar's running loss is refreshed; reading it is the only
 # host-device sync inside an epoch, so it is rate-limited.
@@ -103,6 +114,15 @@ class History:
             "device": self.device,
             "interrupted": self.interrupted,
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> History:
+        """Rebuild a History from [`to_dict`][convkit.History.to_dict]'s output."""
+        history = cls(seed=data.get("seed"), device=data.get("device"))
+        history.history = {k: list(v) for k, v in data["history"].items()}
+        history.epochs = [dict(e, metrics=dict(e["metrics"])) for e in data["epochs"]]
+        history.interrupted = bool(data.get("interrupted", False))
+        return history
 
     def plot(self, keys: Sequence[str] | None = None) -> Any:
         """Draw the training curves, one panel per metric, train and validation together.
@@ -292,6 +312,8 @@ def _prepare(
     runtime: Runtime,
     need_targets: bool,
     data_on_device: bool | None,
+    shard: Shard | None = None,
+    seed: int = 0,
 ) -> tuple[TensorBatches | LoaderBatches, _DataCheck]:
     check = _DataCheck(model, name)
     batches = make_batches(
@@ -305,12 +327,28 @@ def _prepare(
         check=check,
         on_device=data_on_device,
         memory_format=runtime.memory_format,
+        shard=shard,
+        seed=seed,
     )
     return batches, check
 
 
 def _accumulator_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+
+
+@dataclass
+class _Step:
+    """How a training batch updates the model (``None`` in ``_run_epoch``: evaluation)."""
+
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None = None
+    grad_clip: float | None = None
+    batch_scheduler: Any = None
+    nan_guard: bool = True
+    state: TrainState | None = None
+    callbacks: Sequence[Callback] = ()
+    epoch: int = 0
 
 
 def _run_epoch(
@@ -321,15 +359,16 @@ def _run_epoch(
     metrics: list[Metric],
     runtime: Runtime,
     *,
-    optimizer: torch.optim.Optimizer | None,
-    scaler: torch.amp.GradScaler | None = None,
+    step: _Step | None,
     bar: Any = None,
+    all_reduce: bool = False,
 ) -> dict[str, float]:
-    """One pass over ``batches``: a training epoch if ``optimizer`` is given.
+    """One pass over ``batches``: a training epoch if ``step`` is given.
 
-    Nothing in the loop reads a value back to the host: losses and metric totals add up
-    on the device and are read once at the end (the progress bar's running loss is read
-    at most every ``_POSTFIX_INTERVAL_S`` seconds).
+    Nothing in the loop reads a value back to the host (except the NaN guard's one
+    flag per training batch): losses and metric totals add up on the device and are
+    read once at the end; the progress bar's running loss is read at most every
+    ``_POSTFIX_INTERVAL_S`` seconds.
     """
     device = runtime.device
     # One accumulator per value, each updated by a single in-place kernel per batch (a
@@ -340,7 +379,7 @@ def _run_epoch(
     ]
     count = 0
     last_refresh = time.perf_counter()
-    for batch in batches:
+    for index, batch in enumerate(batches):
         inputs, targets = runtime.format(batch.inputs), batch.targets
         if targets is None:
             raise ValueError(
@@ -350,15 +389,34 @@ def _run_epoch(
         with runtime.autocast():
             outputs = model(inputs)
             loss = loss_fn(outputs, targets)
-        if optimizer is not None:
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is None:
+        if step is not None:
+            if step.nan_guard and not bool(torch.isfinite(loss.detach()).all()):
+                raise FloatingPointError(
+                    f"The loss is {loss.item()} at epoch {step.epoch}, batch {index}: training "
+                    "stopped before the optimizer stepped on it, so the weights are finite. "
+                    "Lower the learning rate, clip gradients (grad_clip=1.0) or check the data "
+                    "for NaN/inf; the History so far is in this error's `history`."
+                )
+            opt = step.optimizer
+            opt.zero_grad(set_to_none=True)
+            if step.scaler is None:
                 torch.autograd.backward(loss)
-                optimizer.step()
+                if step.grad_clip is not None:
+                    nn.utils.clip_grad_norm_(model.parameters(), step.grad_clip)
+                opt.step()
             else:
-                torch.autograd.backward(scaler.scale(loss))
-                scaler.step(optimizer)
-                scaler.update()
+                torch.autograd.backward(step.scaler.scale(loss))
+                if step.grad_clip is not None:
+                    step.scaler.unscale_(opt)
+                    nn.utils.clip_grad_norm_(model.parameters(), step.grad_clip)
+                step.scaler.step(opt)
+                step.scaler.update()
+            if step.batch_scheduler is not None:
+                step.batch_scheduler.step()
+            if step.callbacks and step.state is not None:
+                step.state.batch, step.state.logs = index, {"loss": loss.detach()}
+                for callback in step.callbacks:
+                    callback.on_batch_end(step.state)
         n = inputs.shape[0]
         with torch.no_grad():
             detached = outputs.detach().float()
@@ -372,12 +430,20 @@ def _run_epoch(
             if now - last_refresh >= _POSTFIX_INTERVAL_S:
                 last_refresh = now
                 bar.set_postfix(loss=f"{sums[0].item() / count:.4f}", refresh=False)
-    if count == 0:
+        if step is not None and step.state is not None and step.state.stop_training:
+            break
+    totals = torch.stack([*sums, torch.tensor(float(count), dtype=sums[0].dtype, device=device)])
+    if all_reduce:
+        import torch.distributed as dist
+
+        dist.all_reduce(totals)
+    values = totals.tolist()  # the one host sync of the epoch
+    count_all = values[-1]
+    if count_all == 0:
         raise ValueError(f"Invalid value for argument `{check.name}`: it yielded no batches.")
-    totals = torch.stack(sums).tolist()  # the one host sync of the epoch
-    result = {"loss": totals[0] / count}
-    for metric, total in zip(metrics, totals[1:], strict=True):
-        result[metric.name] = total / count
+    result = {"loss": values[0] / count_all}
+    for metric, total in zip(metrics, values[1:-1], strict=True):
+        result[metric.name] = total / count_all
     return result
 
 
@@ -409,6 +475,25 @@ def _check_model(model: Any) -> None:
             f"Invalid type for argument `model`. Expected a torch.nn.Module. "
             f"Received {type(model).__name__}."
         )
+
+
+def _check_callbacks(callbacks: Any) -> list[Callback]:
+    if isinstance(callbacks, Callback):
+        callbacks = [callbacks]
+    if not isinstance(callbacks, Sequence) or not all(isinstance(c, Callback) for c in callbacks):
+        raise TypeError(
+            "Invalid type for argument `callbacks`. Expected a sequence of convkit.Callback "
+            f"instances, e.g. [EarlyStopping()]. Received callbacks={callbacks!r}."
+        )
+    return list(callbacks)
+
+
+def _convert_sync_batchnorm(model: nn.Module) -> None:
+    """Swap every BatchNorm submodule for SyncBatchNorm, in place."""
+    for name, child in list(model.named_children()):
+        converted = nn.SyncBatchNorm.convert_sync_batchnorm(child)  # type: ignore[no-untyped-call]
+        if converted is not child:
+            setattr(model, name, converted)
 
 
 def _check_data_on_device(value: Any) -> None:
@@ -445,6 +530,12 @@ def fit(
     memory_format: str = "auto",
     compile: bool = False,
     data_on_device: bool | None = None,
+    callbacks: Sequence[Callback] = (),
+    scheduler: Any = None,
+    grad_clip: float | None = None,
+    resume_from: str | os.PathLike[str] | None = None,
+    nan_guard: bool = True,
+    sync_batchnorm: bool = False,
 ) -> History:
     """Train ``model`` on ``train_data`` for ``epochs`` epochs.
 
@@ -495,6 +586,38 @@ def fit(
             to an accelerator once when it takes at most a quarter of the free device
             memory, else copies each batch; ``True``/``False`` force either way. On the
             CPU nothing is copied.
+        callbacks: [`Callback`][convkit.Callback]s, e.g.
+            [`EarlyStopping`][convkit.EarlyStopping],
+            [`ModelCheckpoint`][convkit.ModelCheckpoint], [`CSVLogger`][convkit.CSVLogger].
+        scheduler: A ``torch.optim.lr_scheduler`` instance, or a callable
+            ``optimizer -> scheduler`` (needed when ``fit`` builds the optimizer). Stepped
+            once per epoch, after validation; ``OneCycleLR`` and ``CyclicLR``, whose
+            schedules count optimizer steps, are stepped after every batch;
+            ``ReduceLROnPlateau`` is given ``val_loss`` (``loss`` without ``val_data``).
+        grad_clip: Clip the global gradient norm to this value before each step.
+        resume_from: A checkpoint from [`ModelCheckpoint`][convkit.ModelCheckpoint] (or
+            ``save_checkpoint``): restores the weights, optimizer, scheduler, scaler,
+            History, callbacks and every RNG, and continues after its epoch up to
+            ``epochs``. A CPU run resumed this way ends bit for bit where the
+            uninterrupted run would.
+        nan_guard: Check every training loss; a NaN or infinite one raises
+            ``FloatingPointError`` (naming the epoch and batch) before the optimizer
+            steps on it. This reads one flag per batch, which on a GPU waits for that
+            batch; ``False`` keeps the loop free of host syncs.
+        sync_batchnorm: Convert BatchNorm layers to ``SyncBatchNorm`` (distributed CUDA
+            runs), so that statistics are computed over the global batch.
+
+    Distributed training: launched with ``torchrun`` (``WORLD_SIZE`` > 1), ``fit``
+    initialises the default process group if needed (NCCL on CUDA, Gloo on the CPU),
+    uses ``cuda:LOCAL_RANK`` for ``device="auto"``, trains a
+    ``DistributedDataParallel`` wrapper, gives each rank its shard of the data
+    (``DistributedSampler``, reshuffled every epoch; validation split without
+    padding) and all-reduces the epoch totals, so every rank reports the same means.
+    Only rank 0 shows progress and writes files.
+
+    Interrupting (Ctrl-C) stops at the current batch: the progress bar closes,
+    callbacks get ``on_train_end`` (a ``ModelCheckpoint`` saves), and the History so far
+    is returned with ``history.interrupted = True``.
 
     Returns:
         The [`History`][convkit.History] of per-epoch losses and metrics; it also records
@@ -527,17 +650,41 @@ def fit(
         _check_optimizer_params(optimizer, model)
     loss_fn = _resolve_loss(loss)
     metric_list = resolve_metrics(metrics)
-    dev = resolve_device(device)
+    ctx = setup_distributed()
+    dev = device_for(ctx) if ctx is not None and device == "auto" else resolve_device(device)
     runtime = Runtime.create(model, dev, precision, memory_format)
-    _check_bool("progress", progress)
-    _check_bool("compile", compile)
+    for name, flag in (("progress", progress), ("compile", compile), ("nan_guard", nan_guard),
+                       ("sync_batchnorm", sync_batchnorm)):  # fmt: skip
+        _check_bool(name, flag)
+    if sync_batchnorm and dev.type != "cuda":
+        raise ValueError(
+            f"Invalid value for argument `sync_batchnorm`: SyncBatchNorm runs on CUDA only and "
+            f"the device is {dev}. Drop sync_batchnorm=True on the CPU."
+        )
     _check_data_on_device(data_on_device)
     _check_seed(seed)
+    if grad_clip is not None:
+        check_non_negative_float("grad_clip", grad_clip, strict=True)
+    callback_list = _check_callbacks(callbacks)
+    if scheduler is not None and not callable(scheduler) and not hasattr(scheduler, "step"):
+        raise TypeError(
+            "Invalid type for argument `scheduler`. Expected a torch LR scheduler or a callable "
+            f"optimizer -> scheduler. Received scheduler={scheduler!r}."
+        )
+    if resume_from is not None and not Path(resume_from).is_file():
+        raise FileNotFoundError(
+            f"Invalid value for argument `resume_from`: no checkpoint at {resume_from}."
+        )
     if seed is None:  # follow the global RNG, so torch.manual_seed() before fit still works
         shuffle_seed = int(torch.empty((), dtype=torch.int64).random_().item())
     else:
         shuffle_seed = seed
+    if ctx is not None:  # every rank must shuffle alike
+        shuffle_seed = broadcast_int(
+            shuffle_seed, dev if dev.type == "cuda" else torch.device("cpu")
+        )
     generator = torch.Generator().manual_seed(shuffle_seed)
+    shard = (ctx.rank, ctx.world_size) if ctx is not None else None
     train_batches, train_check = _prepare(
         model,
         train_data,
@@ -548,6 +695,8 @@ def fit(
         runtime=runtime,
         need_targets=True,
         data_on_device=data_on_device,
+        shard=shard,
+        seed=shuffle_seed,
     )
     val = None
     if val_data is not None:
@@ -561,28 +710,86 @@ def fit(
             runtime=runtime,
             need_targets=True,
             data_on_device=data_on_device,
+            shard=shard,
         )
+    log_keys = ["loss", *(m.name for m in metric_list)]
+    if val is not None:
+        log_keys += [f"val_{k}" for k in log_keys]
 
-    # ---- training
+    # ---- set-up
     if seed is not None:
         _seed_everything(seed)
+    if sync_batchnorm:
+        _convert_sync_batchnorm(model)
     runtime.place(model)
     opt = _make_optimizer(optimizer, model, lr, weight_decay)
+    sched = scheduler(opt) if callable(scheduler) and not hasattr(scheduler, "step") else scheduler
     scaler = runtime.grad_scaler()
-    net: nn.Module = torch.compile(model) if compile else model  # type: ignore[assignment]
+    net: nn.Module = model
+    if ctx is not None:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[dev.index] if dev.type == "cuda" else None
+        )
+    if compile:
+        net = torch.compile(net)  # type: ignore[assignment]
     history = History(seed=seed, device=str(dev))
+    start_epoch = 1
+    if resume_from is not None:
+        payload = load_checkpoint(resume_from, model, opt, sched)
+        if scaler is not None and payload.get("scaler") is not None:
+            scaler.load_state_dict(payload["scaler"])
+        if payload.get("history") is not None:
+            history = History.from_dict(payload["history"])
+        for callback, saved in zip(callback_list, payload.get("callbacks", []), strict=False):
+            callback.load_state_dict(saved)
+        set_rng_state(payload["rng"], generator)
+        start_epoch = int(payload.get("epoch") or 0) + 1
+        history.interrupted = False
+    is_main = ctx is None or ctx.is_main
+    show = progress and is_main
+    state = TrainState(
+        model=model,
+        optimizer=opt,
+        epochs=epochs,
+        epoch=start_epoch - 1,
+        history=history,
+        log_keys=tuple(log_keys),
+        is_main=is_main,
+        scheduler=sched,
+        scaler=scaler,
+        generator=generator,
+        callbacks=callback_list,
+    )
+    per_batch = isinstance(sched, _PER_BATCH_SCHEDULERS)
+    step = _Step(
+        optimizer=opt,
+        scaler=scaler,
+        grad_clip=grad_clip,
+        batch_scheduler=sched if per_batch else None,
+        nan_guard=nan_guard,
+        state=state,
+        callbacks=callback_list,
+    )
     modes = {module: module.training for module in model.modules()}
-    logger.info("fit: %d epochs on %s", epochs, dev)
+    logger.info("fit: epochs %d-%d on %s", start_epoch, epochs, dev)
+
+    # ---- training
     try:
-        for epoch in range(1, epochs + 1):
+        for callback in callback_list:
+            callback.on_train_begin(state)
+        for epoch in range(start_epoch, epochs + 1):
+            state.epoch = step.epoch = epoch
+            for callback in callback_list:
+                callback.on_epoch_begin(state)
             start = time.perf_counter()
+            train_batches.set_epoch(epoch)
             model.train()
             with tqdm(
                 total=len(train_batches),
                 desc=f"Epoch {epoch}/{epochs}",
                 unit="batch",
                 leave=False,
-                disable=not progress,
+                disable=not show,
                 dynamic_ncols=True,
             ) as bar:
                 logs = _run_epoch(
@@ -592,24 +799,55 @@ def fit(
                     loss_fn,
                     metric_list,
                     runtime,
-                    optimizer=opt,
-                    scaler=scaler,
+                    step=step,
                     bar=bar,
+                    all_reduce=ctx is not None,
                 )
             if val is not None:
                 with _eval_mode(model), torch.inference_mode():
                     val_logs = _run_epoch(
-                        net, val[0], val[1], loss_fn, metric_list, runtime, optimizer=None
+                        model,  # not the DDP wrapper: evaluation needs no gradient sync
+                        val[0],
+                        val[1],
+                        loss_fn,
+                        metric_list,
+                        runtime,
+                        step=None,
+                        all_reduce=ctx is not None,
                     )
                 logs.update({f"val_{k}": v for k, v in val_logs.items()})
+            if sched is not None and not per_batch:
+                if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    sched.step(logs["val_loss" if val is not None else "loss"])
+                else:
+                    sched.step()
             seconds = time.perf_counter() - start
             history.append(epoch, logs, seconds)
+            state.logs = dict(logs)
             logger.info("epoch %d/%d: %s (%.1fs)", epoch, epochs, _format_logs(logs), seconds)
-            if progress:
+            if show:
                 tqdm.write(f"Epoch {epoch}/{epochs} - {_format_logs(logs)} - {seconds:.1f}s")
+            for callback in callback_list:
+                callback.on_epoch_end(state)
+            if state.stop_training:
+                break
+    except KeyboardInterrupt:
+        # Ctrl-C: stop at this batch, keep everything learned, and return normally.
+        history.interrupted = state.interrupted = True
+        logger.info("fit interrupted by the user during epoch %d", state.epoch)
+        if show:
+            tqdm.write(f"Interrupted during epoch {state.epoch}; returning the History so far.")
+    except FloatingPointError as err:
+        err.history = history  # type: ignore[attr-defined]
+        raise
     finally:
         for module, training in modes.items():
             module.training = training
+        if state.interrupted or not sys.exc_info()[0]:
+            if state.interrupted:  # the last *completed* epoch, which a resume continues after
+                state.epoch = history.epochs[-1]["epoch"] if history.epochs else start_epoch - 1
+            for callback in callback_list:
+                callback.on_train_end(state)
     return history
 
 
@@ -676,7 +914,7 @@ def evaluate(
     )
     runtime.place(model)
     with _eval_mode(model), torch.inference_mode():
-        return _run_epoch(model, batches, check, loss_fn, metric_list, runtime, optimizer=None)
+        return _run_epoch(model, batches, check, loss_fn, metric_list, runtime, step=None)
 
 
 def predict(
