@@ -5,11 +5,13 @@ By default it uses the 5,000-image MNIST sample bundled with convkit (no downloa
     python examples/mnist_cnn.py
     python examples/mnist_cnn.py --epochs 5 --device cpu --seed 1
     python examples/mnist_cnn.py --data mnist --root ~/data --download   # full MNIST
+    torchrun --standalone --nproc_per_node=2 examples/mnist_cnn.py       # 2 processes
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 
 from convkit import CNN, build_cnn, evaluate, fit
 from convkit.datasets import mnist, mnist_sample
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> float:
         test = mnist(args.root, train=False, download=args.download)
 
     model = notebook_cnn()
-    fit(
+    history = fit(
         model,
         train,
         epochs=args.epochs,
@@ -65,7 +67,9 @@ def main(argv: list[str] | None = None) -> float:
         device=args.device,
         seed=args.seed,
     )
-    scores = evaluate(model, test, device=args.device)
+    scores = evaluate(model, test, device=history.device or args.device)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return scores["accuracy"]  # under torchrun, rank 0 reports
     print(
         f"test accuracy: {scores['accuracy']:.4f} (loss {scores['loss']:.4f}, {len(test)} images)"
     )
