@@ -11,7 +11,7 @@ def main(out: str, mode: str) -> None:
     import torch
     from torch.utils.data import Dataset
 
-    from convkit import build_cnn, fit, mnist_sample
+    from convkit import ModelCheckpoint, build_cnn, fit, load_checkpoint, mnist_sample
 
     x, y = mnist_sample().tensors
     x, y = x[:1024], y[:1024]
@@ -36,8 +36,17 @@ def main(out: str, mode: str) -> None:
         device="auto",
         progress=False,
         seed=0,
+        callbacks=[ModelCheckpoint(os.path.join(out, "last.pt"))],  # rank 0 writes
     )
     rank = int(os.environ.get("RANK", "0"))
+    if world > 1:
+        torch.distributed.barrier()  # rank 0 has written the checkpoint
+    fresh = build_cnn((1, 28, 28), 10, channels=(8,), hidden=(), norm=None)
+    payload = load_checkpoint(os.path.join(out, "last.pt"), fresh)  # on every rank
+    pairs = zip(fresh.state_dict().values(), model.state_dict().values(), strict=True)
+    same = all(torch.equal(a, b) for a, b in pairs)
+    with open(os.path.join(out, f"rank{rank}.ckpt.json"), "w") as f:
+        json.dump({"epoch": payload["epoch"], "same_weights": same}, f)
     torch.save(model.state_dict(), os.path.join(out, f"rank{rank}.pt"))
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump(history.to_dict(), f)

@@ -46,6 +46,9 @@ def test_two_gloo_processes_agree_and_match_one_process(tmp_path: Path, mode: st
     h0 = json.loads((tmp_path / "ddp" / "rank0.json").read_text())
     h1 = json.loads((tmp_path / "ddp" / "rank1.json").read_text())
     assert h0["history"] == h1["history"]  # all-reduced: every rank reports the same means
+    for rank in (0, 1):  # rank 0 wrote the checkpoint; every rank loads it
+        ckpt = json.loads((tmp_path / "ddp" / f"rank{rank}.ckpt.json").read_text())
+        assert ckpt == {"epoch": 3, "same_weights": True}
 
     single = json.loads((tmp_path / "single" / "rank0.json").read_text())
     # Same global batch (2 x 32 vs 64) and learning rate, but a different sample order
