@@ -108,3 +108,73 @@ def test_conv_macs_counts_multiplies_of_the_notebook_conv() -> None:
 def test_bad_arguments(call, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         call()
+
+
+# ----------------------------------------------------------- receptive field and summary
+
+from convkit import build_cnn  # noqa: E402
+from convkit.shapes import receptive_field, summary  # noqa: E402
+
+
+def _empirical_rf(layers: list[nn.Module], size: int = 96) -> tuple[int, int]:
+    """Measure the receptive field: which inputs move the centre output pixel."""
+    net = nn.Sequential(*layers).double()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.fill_(1.0)  # positive weights: no accidental cancellation
+    x = torch.zeros(1, 1, size, size, dtype=torch.float64, requires_grad=True)
+    out = net(x)
+    out[0, 0, out.shape[2] // 2, out.shape[3] // 2].backward()
+    rows = x.grad[0, 0].abs().sum(1).nonzero()
+    cols = x.grad[0, 0].abs().sum(0).nonzero()
+    return int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["conv", "avg"]), st.integers(1, 4), st.integers(1, 2),
+                          st.integers(1, 2)), min_size=1, max_size=4))  # fmt: skip
+def test_receptive_field_matches_the_gradient_footprint(spec) -> None:
+    layers: list[nn.Module] = []
+    for kind, kernel, stride, dilation in spec:
+        if kind == "conv":
+            layers.append(nn.Conv2d(1, 1, kernel, stride=stride, dilation=dilation, bias=False))
+        else:
+            layers.append(nn.AvgPool2d(kernel, stride=stride))
+    assert receptive_field(layers) == _empirical_rf(layers)
+
+
+def test_receptive_field_of_the_notebook_cnn() -> None:
+    model = build_cnn((1, 28, 28), 10, channels=(32, 64), kernel_size=5, padding="valid")
+    # conv5 (5) -> pool2 (+1, jump 2) -> conv5 (+4*2) -> pool2 (+1*2, jump 4)
+    assert receptive_field(model) == (16, 16)
+    assert receptive_field(model.features.block1) == (6, 6)
+
+
+def test_summary_rows_and_totals_and_no_side_effects() -> None:
+    torch.manual_seed(0)
+    model = build_cnn((1, 28, 28), 10, channels=(32, 64), kernel_size=5, padding="valid",
+                      order="conv-pool-act-norm-dropout", dropout=0.25, hidden=(200,),
+                      head_norm="batch", head_dropout=0.25)  # fmt: skip
+    model.head.eval()
+    modes = {n: m.training for n, m in model.named_modules()}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    table = summary(model, (1, 28, 28))
+    assert {n: m.training for n, m in model.named_modules()} == modes
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    by_name = {row["name"]: row for row in table.rows}
+    conv1 = by_name["features.block1.conv"]
+    assert conv1["output_shape"] == (32, 24, 24) and conv1["params"] == 832
+    assert conv1["macs"] == conv_macs(1, 32, 5, 24)
+    assert by_name["features.block2.pool"]["output_shape"] == (64, 4, 4)
+    assert by_name["features.block2.pool"]["receptive_field"] == (16, 16)
+    assert by_name["head.linear1"]["macs"] == 1024 * 200
+    assert table.total_params == 259_698 == sum(row["params"] for row in table.rows)
+    text = str(table)
+    assert "features.block1.conv" in text and "Total params: 259,698" in text
+
+
+def test_summary_bad_input() -> None:
+    with pytest.raises(ValueError, match=r"`input_shape`"):
+        summary(nn.Linear(2, 2), (0, 2))
+    with pytest.raises(TypeError, match=r"`layers`"):
+        receptive_field(3)  # type: ignore[arg-type]

@@ -1,4 +1,4 @@
-"""Output-size, padding, parameter and cost formulas for convolution and pooling.
+"""Output-size, padding, parameter, cost and receptive-field formulas, and ``summary``.
 
 Each function is the formula that the theory page (理論解説) states, written as code
 and checked against ``torch.nn`` layers by the tests. The output-size formulas follow
@@ -6,6 +6,13 @@ the "Shape" sections of PyTorch's ``nn.Conv2d`` and ``nn.MaxPool2d`` documentati
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
 
 from ._validation import check_positive_int
 
@@ -211,3 +218,208 @@ def _check_groups(in_channels: int, out_channels: int, groups: int) -> None:
             f"Invalid value for argument `groups`. Expected a divisor of both in_channels="
             f"{in_channels} and out_channels={out_channels}. Received groups={groups}."
         )
+
+
+# ----------------------------------------------------------- receptive field and summary
+
+_SPATIAL = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
+
+
+def _layer_geometry(layer: nn.Module) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """Kernel, stride and dilation (each ``(h, w)``) of a conv or pooling layer."""
+
+    def pair(value: Any) -> tuple[int, int]:
+        return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+    kernel = pair(layer.kernel_size)
+    stride = pair(layer.stride if layer.stride is not None else layer.kernel_size)
+    dilation = pair(getattr(layer, "dilation", 1))
+    return kernel, stride, dilation
+
+
+def receptive_field(layers: nn.Module | Sequence[nn.Module]) -> tuple[int, int]:
+    """Receptive field ``(r_h, r_w)`` of one output pixel of a stack of layers.
+
+    ``r_L = 1 + sum_l D_l (K_l - 1) prod_{i<l} S_i`` over the convolution and pooling
+    layers in order (others, such as activations and norms, don't change it). A
+    module's layers are taken in registration order, which is the order of computation
+    for sequential models such as those [`build_cnn`][convkit.build_cnn] makes.
+
+    Args:
+        layers: A model, or a sequence of layers.
+
+    Returns:
+        The height and width of the input region one output pixel depends on.
+
+    Examples:
+        >>> receptive_field([nn.Conv2d(1, 1, 3), nn.Conv2d(1, 1, 3)])
+        (5, 5)
+        >>> receptive_field([nn.Conv2d(1, 1, 5), nn.MaxPool2d(2), nn.Conv2d(1, 1, 5)])
+        (14, 14)
+    """
+    if isinstance(layers, nn.Module):
+        sequence: Sequence[nn.Module] = [m for m in layers.modules() if isinstance(m, _SPATIAL)]
+    elif isinstance(layers, Sequence) and all(isinstance(m, nn.Module) for m in layers):
+        sequence = [m for m in layers if isinstance(m, _SPATIAL)]
+    else:
+        raise TypeError(
+            "Invalid type for argument `layers`. Expected an nn.Module or a sequence of "
+            f"nn.Module layers. Received {type(layers).__name__}."
+        )
+    field = [1, 1]
+    jump = [1, 1]  # distance in input pixels between neighbouring outputs so far
+    for layer in sequence:
+        kernel, stride, dilation = _layer_geometry(layer)
+        for d in range(2):
+            field[d] += dilation[d] * (kernel[d] - 1) * jump[d]
+            jump[d] *= stride[d]
+    return field[0], field[1]
+
+
+@dataclass
+class ModelSummary:
+    """Per-layer table returned by [`summary`][convkit.shapes.summary]; ``print`` it.
+
+    Attributes:
+        rows: One dict per leaf layer: ``name``, ``type``, ``output_shape``, ``params``,
+            ``macs``, ``receptive_field``.
+        input_shape: The input shape the summary was made for (without the batch).
+        total_params: All parameters of the model.
+        trainable_params: Those with ``requires_grad``.
+        total_macs: Multiply-accumulates of one forward pass on one sample.
+    """
+
+    rows: list[dict[str, Any]]
+    input_shape: tuple[int, ...]
+    total_params: int
+    trainable_params: int
+    total_macs: int
+
+    def __str__(self) -> str:
+        header = ("Layer", "Type", "Output shape", "Params", "MACs", "RF")
+        body = [
+            (
+                row["name"],
+                row["type"],
+                str(tuple(row["output_shape"])),
+                f"{row['params']:,}",
+                f"{row['macs']:,}",
+                "x".join(map(str, row["receptive_field"])),
+            )
+            for row in self.rows
+        ]
+        widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+        rule = "-" * (sum(widths) + 2 * (len(widths) - 1))
+        lines = [f"Input shape: {self.input_shape}", rule]
+        for i, cells in enumerate([header, *body]):
+            lines.append(
+                "  ".join(
+                    cell.rjust(w) if j >= 3 else cell.ljust(w)
+                    for j, (cell, w) in enumerate(zip(cells, widths, strict=True))
+                )
+            )
+            if i == 0:
+                lines.append(rule)
+        lines += [
+            rule,
+            f"Total params: {self.total_params:,} (trainable: {self.trainable_params:,})",
+            f"Total MACs per sample: {self.total_macs:,}",
+        ]
+        return "\n".join(lines)
+
+
+def _macs(layer: nn.Module, output: torch.Tensor) -> int:
+    if isinstance(layer, nn.Conv2d):
+        return conv_macs(
+            layer.in_channels,
+            layer.out_channels,
+            _layer_geometry(layer)[0],
+            (int(output.shape[-2]), int(output.shape[-1])),
+            groups=layer.groups,
+        )
+    if isinstance(layer, nn.Linear):
+        return layer.in_features * layer.out_features
+    return 0
+
+
+def summary(model: nn.Module, input_shape: Sequence[int]) -> ModelSummary:
+    """A per-layer table like Keras' ``model.summary()``: shapes, parameters, MACs, RF.
+
+    Runs one sample through the model in eval mode under ``no_grad`` and restores every
+    submodule's mode afterwards, so no parameter, buffer (BatchNorm statistics) or mode
+    changes.
+
+    Args:
+        model: Any model whose leaf layers run in order.
+        input_shape: One sample's shape, e.g. ``(1, 28, 28)``.
+
+    Returns:
+        A [`ModelSummary`][convkit.shapes.ModelSummary]: ``print`` it, or read ``rows``.
+
+    Examples:
+        >>> from convkit import build_cnn
+        >>> table = summary(build_cnn((1, 28, 28), 10, channels=(8,), hidden=()), (1, 28, 28))
+        >>> [row["name"] for row in table.rows]
+        ['features.block1.conv', 'features.block1.norm', 'features.block1.act', \
+'features.block1.pool', 'flatten', 'head.output']
+        >>> table.rows[0]["output_shape"], table.rows[0]["receptive_field"]
+        ((8, 28, 28), (3, 3))
+        >>> table.total_params == sum(p.numel() for p in build_cnn((1, 28, 28), 10,
+        ...                               channels=(8,), hidden=()).parameters())
+        True
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            "Invalid type for argument `model`. Expected an nn.Module. "
+            f"Received {type(model).__name__}."
+        )
+    shape = tuple(input_shape)
+    if not shape or not all(isinstance(v, int) and v > 0 for v in shape):
+        raise ValueError(
+            "Invalid value for argument `input_shape`. Expected positive ints, e.g. (1, 28, 28). "
+            f"Received input_shape={input_shape!r}."
+        )
+    names = {module: name for name, module in model.named_modules()}
+    records: list[tuple[nn.Module, torch.Tensor]] = []
+
+    def hook(module: nn.Module, _inputs: Any, output: Any) -> None:
+        if isinstance(output, torch.Tensor):
+            records.append((module, output))
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    modes = {m: m.training for m in model.modules()}
+    tensor = next(iter(model.parameters()), None)
+    device = tensor.device if tensor is not None else torch.device("cpu")
+    dtype = tensor.dtype if tensor is not None and tensor.is_floating_point() else torch.float32
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros((1, *shape), device=device, dtype=dtype))
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, training in modes.items():
+            module.training = training
+    rows = []
+    spatial: list[nn.Module] = []
+    for module, output in records:
+        if isinstance(module, _SPATIAL):
+            spatial.append(module)
+        rows.append(
+            {
+                "name": names.get(module, type(module).__name__),
+                "type": type(module).__name__,
+                "output_shape": tuple(output.shape[1:]),
+                "params": sum(p.numel() for p in module.parameters(recurse=False)),
+                "macs": _macs(module, output),
+                "receptive_field": receptive_field(spatial),
+            }
+        )
+    return ModelSummary(
+        rows=rows,
+        input_shape=shape,
+        total_params=sum(p.numel() for p in model.parameters()),
+        trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        total_macs=sum(row["macs"] for row in rows),
+    )
