@@ -1,0 +1,345 @@
+"""The documentation: it builds strictly, works offline, its code runs, its answers are right.
+
+The browser tests drive Debian's Chromium headless (through chromedriver) against the
+built site served on 127.0.0.1, with the network-free flags of this project's CI.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import functools
+import http.server
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from convkit import build_cnn
+from convkit.shapes import (
+    conv_macs,
+    conv_output_size,
+    conv_params,
+    pool_output_size,
+    receptive_field,
+    same_padding,
+    summary,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+ARTIFACTS = ROOT / "test-artifacts"
+PAGES = sorted(p for p in DOCS.rglob("*.md") if "vendor" not in p.parts)
+FENCE = re.compile(
+    r"^(?P<indent>[ \t]*)```(?P<lang>[\w-]*)[^\n]*\n(?P<body>.*?)^(?P=indent)```", re.M | re.S
+)
+
+
+# ------------------------------------------------------------------ code blocks run
+
+
+def python_blocks(page: Path) -> list[str]:
+    """The ```python blocks of a page (```py blocks are shown but not run)."""
+    blocks = []
+    for match in FENCE.finditer(page.read_text(encoding="utf-8")):
+        if match["lang"] == "python" and "--8<--" not in match["body"]:
+            indent = len(match["indent"])
+            blocks.append("\n".join(line[indent:] for line in match["body"].splitlines()))
+    return blocks
+
+
+@pytest.mark.parametrize(
+    "page", [p for p in PAGES if python_blocks(p)], ids=lambda p: str(p.relative_to(DOCS))
+)
+def test_python_blocks_in_docs_run(page: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {"__name__": f"docs:{page.name}"}
+    for number, block in enumerate(python_blocks(page), start=1):
+        code = compile(block, f"{page.relative_to(DOCS)} (block {number})", "exec")
+        exec(code, namespace)  # every block of a page shares one namespace, like a notebook
+
+
+def test_every_page_with_code_is_tested() -> None:
+    runnable = [p for p in PAGES if python_blocks(p)]
+    names = {str(p.relative_to(DOCS)) for p in runnable}
+    assert {"theory.md", "getting-started.md", "guide/blocks.md", "guide/training.md",
+            "guide/training-in-depth.md"} <= names  # fmt: skip
+
+
+def test_examples_are_included_from_examples_dir() -> None:
+    text = (DOCS / "getting-started.md").read_text(encoding="utf-8")
+    assert '--8<-- "examples/mnist_cnn.py"' in text
+
+
+# ------------------------------------------------------------- the theory page itself
+
+
+THEORY = (DOCS / "theory.md").read_text(encoding="utf-8")
+SECTIONS = [
+    "記法",
+    "CNNとは",
+    "画像",
+    "畳み込み演算",
+    "畳み込み層",
+    "局所受容野・カーネル・フィルター",
+    "パディングとストライド",
+    "出力サイズ",
+    "重み共有",
+    "プーリングとプーリング層",
+    "受容野の拡大",
+    "計算量",
+    "バッチ正規化とドロップアウト",
+    "PyTorch / convkit との対応",
+    "演習問題",
+    "参考文献",
+]
+
+
+def test_theory_sections_in_order() -> None:
+    headings = re.findall(r"^## (\d+)\. (.+)$", THEORY, re.M)
+    assert [int(n) for n, _ in headings] == list(range(1, 17))
+    assert [title for _, title in headings] == SECTIONS
+
+
+def test_theory_terms() -> None:
+    assert THEORY.count("畳込み") == 1  # the other spelling, once, so that both are searchable
+    assert "相互相関" in THEORY and "cross-correlation" in THEORY
+    assert "F.unfold" in THEORY and "im2col" in THEORY
+    assert THEORY.count('??? note "解答"') >= 8
+
+
+CHECK = re.compile(r"<!-- check: (?P<expr>.+?) -->")
+
+
+def answer_blocks() -> list[tuple[str, list[str]]]:
+    """(answer text, check expressions) for each collapsible answer."""
+    blocks = []
+    for block in re.split(r'^\?\?\? note "解答"\n', THEORY, flags=re.M)[1:]:
+        body = []
+        for line in block.splitlines():
+            if line and not line.startswith("    "):
+                break
+            body.append(line)
+        text = "\n".join(body)
+        blocks.append((CHECK.sub("", text), CHECK.findall(text)))
+    return blocks
+
+
+def test_every_numeric_answer_is_checked() -> None:
+    checked = [checks for _, checks in answer_blocks() if checks]
+    assert len(checked) >= 8
+    assert sum(len(c) for c in checked) >= 15
+
+
+@pytest.mark.parametrize(
+    "text_and_expr",
+    [(text, expr) for text, checks in answer_blocks() for expr in checks],
+    ids=lambda item: item[1][:60],
+)
+def test_theory_answer(text_and_expr: tuple[str, str]) -> None:
+    text, expr = text_and_expr
+    namespace = {
+        "torch": torch, "F": F, "build_cnn": build_cnn, "conv_output_size": conv_output_size,
+        "pool_output_size": pool_output_size, "same_padding": same_padding,
+        "conv_params": conv_params, "conv_macs": conv_macs, "receptive_field": receptive_field,
+        "summary": summary,
+    }  # fmt: skip
+    assert eval(expr, namespace) is True, expr
+    # the number the check verifies is the number the reader sees
+    tree = ast.parse(expr, mode="eval").body
+    if isinstance(tree, ast.Compare) and isinstance(tree.comparators[0], ast.Constant):
+        value = tree.comparators[0].value
+        if isinstance(value, int) and not isinstance(value, bool) and value > 9:
+            assert str(value) in text.replace(",", ""), (value, text)
+
+
+# ------------------------------------------------------------------- the built site
+
+
+@functools.cache
+def built_site() -> Path:
+    target = ROOT / "site"
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(target)],
+        cwd=ROOT, capture_output=True, text=True, env=env, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return target
+
+
+EXTERNAL_ASSET = re.compile(
+    r"<script[^>]+src=\"(?:https?:)?//|<link[^>]+rel=\"(?:stylesheet|preload|preconnect|icon)\"[^>]+href=\"(?:https?:)?//"
+    r"|<link[^>]+href=\"(?:https?:)?//[^\"]+\"[^>]+rel=\"(?:stylesheet|preload|preconnect)\"|fonts\.googleapis|fonts\.gstatic|cdn\.jsdelivr|unpkg\.com|cdnjs"
+)
+EXTERNAL_URL_IN_CSS = re.compile(
+    r"url\(\s*['\"]?(?:https?:)?//|@import\s+['\"]?(?:url\()?['\"]?(?:https?:)?//"
+)
+
+
+def test_site_loads_nothing_from_elsewhere() -> None:
+    site = built_site()
+    offenders = []
+    for path in site.rglob("*"):
+        if path.suffix == ".html":
+            offenders += [
+                f"{path}: {m.group(0)}"
+                for m in EXTERNAL_ASSET.finditer(path.read_text(encoding="utf-8"))
+            ]
+        elif path.suffix == ".css":
+            offenders += [
+                f"{path}: {m.group(0)}"
+                for m in EXTERNAL_URL_IN_CSS.finditer(path.read_text(encoding="utf-8"))
+            ]
+    assert not offenders, offenders[:10]
+    mathjax = site / "javascripts" / "vendor" / "mathjax"
+    assert (mathjax / "tex-chtml.js").is_file() and (mathjax / "LICENSE").is_file()
+    assert list((mathjax / "output" / "chtml" / "fonts" / "woff-v2").glob("*.woff"))
+    assert "mathjax" in (site / "theory" / "index.html").read_text(encoding="utf-8")
+
+
+def test_japanese_headings_get_anchors() -> None:
+    html = (built_site() / "theory" / "index.html").read_text(encoding="utf-8")
+    assert 'id="9-重み共有"' in html or 'id="9重み共有"' in html
+
+
+# ---------------------------------------------------------------------- in a browser
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+@contextlib.contextmanager
+def serve(directory: Path) -> Iterator[str]:
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
+
+    class Quiet(handler.func):  # type: ignore[name-defined, misc]
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(directory))
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser():  # type: ignore[no-untyped-def]
+    if not (CHROMIUM and CHROMEDRIVER):
+        message = (
+            "The browser tests need Debian's Chromium and ChromeDriver: "
+            "apt-get install -y chromium chromium-driver (selenium comes with the dev extra). "
+            ".ci/run installs them."
+        )
+        if os.environ.get("CI"):
+            pytest.fail(message)  # never silently skipped in CI
+        pytest.skip(message)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    flags = (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--window-size=1280,1000",
+        "--lang=ja",
+    )
+    for flag in flags:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    with serve(built_site()) as url:
+        driver.base_url = url  # type: ignore[attr-defined]
+        yield driver
+    driver.quit()
+
+
+def wait_for(predicate, timeout: float = 30.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {predicate}")
+
+
+def test_theory_formulas_are_typeset(browser) -> None:  # type: ignore[no-untyped-def]
+    browser.get(browser.base_url + "/theory/")
+    count = wait_for(
+        lambda: browser.execute_script("return document.querySelectorAll('mjx-container').length")
+    )
+    assert count > 50
+    text = browser.execute_script("return document.querySelector('article').innerText")
+    assert "$$" not in text and "\\frac" not in text and "\\sum" not in text
+    errors = browser.execute_script("return document.querySelectorAll('mjx-merror').length")
+    assert errors == 0
+    # MathJax done and its (vendored) web fonts loaded, so the screenshot shows the formulas
+    browser.set_script_timeout(30)
+    browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "MathJax.startup.promise.then(() => document.fonts.ready).then(() => done(true));"
+    )
+    fonts = browser.execute_script(
+        "return Object.fromEntries([...document.fonts].filter(f => f.family.startsWith('MJX'))"
+        ".map(f => [f.family, f.status]))"
+    )
+    # the glyphs are drawn with MathJax's own fonts, served from the vendored copy
+    assert fonts.get("MJXTEX-I") == "loaded" and fonts.get("MJXTEX") == "loaded", fonts
+    assert "error" not in fonts.values(), fonts
+    browser.execute_script("document.getElementById('4-畳み込み演算').scrollIntoView()")
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "theory.png"))
+    assert (ARTIFACTS / "theory.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("query", ["重み共有", "ストライド"])
+def test_japanese_search_finds_the_theory_page(browser, query: str) -> None:  # type: ignore[no-untyped-def]
+    from selenium.webdriver.common.by import By
+
+    browser.get(browser.base_url + "/")
+    box = browser.find_element(By.CSS_SELECTOR, "input.md-search__input")
+    browser.execute_script("document.querySelector('label[for=__search]').click()")
+    wait_for(lambda: box.is_displayed())
+    box.send_keys(query)
+
+    def results():  # type: ignore[no-untyped-def]
+        links = browser.find_elements(By.CSS_SELECTOR, ".md-search-result__item a")
+        return [link.get_attribute("href") for link in links]
+
+    hrefs = wait_for(results)
+    assert any("/theory/" in href for href in hrefs), hrefs
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / f"search-{len(query)}.png"))
+
+
+def test_api_page_shows_the_convblock_signature(browser) -> None:  # type: ignore[no-untyped-def]
+    browser.get(browser.base_url + "/reference/blocks/")
+    text = browser.execute_script("return document.querySelector('article').innerText")
+    signature = re.search(r"ConvBlock\(\s*in_channels.*?order.*?\)", text, re.S)
+    assert signature, text[:2000]
+    for name in ("out_channels", "kernel_size", "padding", "stride", "norm", "act", "pool"):
+        assert name in signature.group(0)
