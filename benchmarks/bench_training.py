@@ -9,7 +9,10 @@ comparison run A/B, B/A, A/B... after a warm-up, medians and ratios printed and 
 3. end to end: the notebook's loop vs ``fit`` with defaults vs ``fit`` with
    ``precision="bf16"`` (channels_last is already the default for conv nets);
 4. evaluation throughput: ``evaluate`` vs the notebook's ``eval_net``;
-5. compute efficiency: achieved GFLOP/s of a training epoch against the CPU's fp32 peak.
+5. compute efficiency: achieved GFLOP/s of a training epoch against the CPU's fp32 peak;
+6. memory format: ``fit`` epochs in ``channels_last`` vs ``contiguous`` (fp32 and bf16),
+   the measurement behind ``memory_format="auto"``;
+7. ``compile=True``: compilation time apart from the steady-state epoch time.
 
     python benchmarks/bench_training.py                 # CPU; writes results + docs page
     python benchmarks/bench_training.py --device cuda   # the same on a GPU
@@ -294,6 +297,47 @@ def bench_evaluate(tv_test: Any, repeats: int, device: torch.device) -> dict[str
     }
 
 
+def bench_memory_format(repeats: int, device: torch.device) -> dict[str, Any]:
+    train = mnist_sample()
+    runs = {}
+    for precision in ("32", "bf16"):
+        for fmt in ("channels_last", "contiguous"):
+
+            def run(fmt: str = fmt, precision: str = precision) -> float:
+                history = fit(notebook_model(), train, epochs=2, progress=False, device=device,
+                              memory_format=fmt, precision=precision)  # fmt: skip
+                return float(history.epochs[1]["seconds"])  # the second epoch: warm
+
+            runs[f"{fmt}/{precision}"] = run
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    for repeat in range(repeats):
+        names = list(runs) if repeat % 2 == 0 else list(reversed(runs))
+        for name in names:
+            seconds[name].append(runs[name]())
+    med = {name: statistics.median(v) for name, v in seconds.items()}
+    return {
+        "seconds_per_epoch": med,
+        "channels_last_speedup_fp32": med["contiguous/32"] / med["channels_last/32"],
+        "channels_last_speedup_bf16": med["contiguous/bf16"] / med["channels_last/bf16"],
+    }
+
+
+def bench_compile(device: torch.device, epochs: int = 3) -> dict[str, Any]:
+    train = mnist_sample()
+    eager = fit(notebook_model(), train, epochs=epochs, progress=False, device=device)
+    compiled = fit(notebook_model(), train, epochs=epochs, progress=False, device=device,
+                   compile=True)  # fmt: skip
+    eager_s = statistics.median(e["seconds"] for e in eager.epochs[1:])
+    steady = statistics.median(e["seconds"] for e in compiled.epochs[1:])
+    first = compiled.epochs[0]["seconds"]
+    return {
+        "eager_epoch_s": eager_s,
+        "compiled_epoch_s": steady,
+        "compile_s": first - steady,  # the first epoch's extra time
+        "speedup": eager_s / steady,
+    }
+
+
 def training_flops_per_image() -> float:
     """3x the forward FLOPs (forward, plus gradients for inputs and weights)."""
     macs = (
@@ -372,6 +416,23 @@ def markdown(results: dict[str, Any]) -> str:
         f"`evaluate` {ev['evaluate_images_per_s']:.0f} img/s | **{ev['speedup']:.2f}x faster** |"
         " - |",
     ]
+    mf = results.get("memory_format")
+    if mf:
+        s = mf["seconds_per_epoch"]
+        lines.append(
+            f"| memory format (fit epoch) | contiguous {s['contiguous/32']:.3f} s fp32, "
+            f"{s['contiguous/bf16']:.3f} s bf16 | channels_last "
+            f"{s['channels_last/32']:.3f} s fp32, "
+            f"{s['channels_last/bf16']:.3f} s bf16 | **{mf['channels_last_speedup_fp32']:.2f}x** "
+            f"fp32, **{mf['channels_last_speedup_bf16']:.2f}x** bf16 faster | - |"
+        )
+    comp = results.get("compile")
+    if comp:
+        lines.append(
+            f"| `compile=True` (fit epoch) | eager {comp['eager_epoch_s']:.3f} s | compiled "
+            f"{comp['compiled_epoch_s']:.3f} s after {comp['compile_s']:.1f} s of compilation | "
+            f"**{comp['speedup']:.2f}x** | - |"
+        )
     compute = (
         f"Training compute: {c['training_gflop_per_epoch']:.1f} GFLOP per epoch (3x forward, "
         f"counted with `convkit.shapes`): notebook {c['notebook_gflops']:.0f} GFLOP/s, `fit` "
@@ -384,6 +445,21 @@ def markdown(results: dict[str, Any]) -> str:
             f"{100 * c['fit_fraction_of_fp32_peak']:.0f}% of it"
         )
     lines += ["", compute + "."]
+    checks = {
+        "data path >= 50x": d["speedup"] >= 50,
+        "overhead <= 1.03": o["ratio"] <= 1.03,
+        "losses within 1e-5": o["loss_abs_diff"] <= 1e-5,
+        "fit <= 0.6x notebook": e["ratio_fit_vs_notebook"] <= 0.6,
+        "fit bf16 <= 0.3x notebook": e["ratio_fit_bf16_vs_notebook"] <= 0.3,
+        "bf16 accuracy within 0.5 points": abs(e["bf16_accuracy_points_vs_fp32"]) <= 0.5,
+    }
+    met = [name for name, ok in checks.items() if ok]
+    missed = [name for name, ok in checks.items() if not ok]
+    lines += [
+        "",
+        f"Targets met in this run: {', '.join(met) or 'none'}."
+        + (f" **Not met: {', '.join(missed)}.**" if missed else ""),
+    ]
     return "\n".join(lines)
 
 
@@ -427,7 +503,17 @@ def write_docs(results_dir: Path, docs_path: Path) -> None:
         "What makes the difference: batches are sliced from tensors already in memory "
         "(no per-sample `__getitem__`, PIL conversion or collate), the loop never reads a "
         "value back to the host before the end of the epoch, conv nets run in "
-        '`channels_last` by default, and `precision="bf16"` is one argument away.',
+        '`channels_last` by default, ReLU runs in place, and `precision="bf16"` is one '
+        "argument away. The NaN guard (on by default) reads one flag per batch; "
+        "`nan_guard=False` makes the loop free of host syncs. convkit uses the threads "
+        "`torch.get_num_threads()` gives it and starts no DataLoader workers of its own.",
+        "",
+        "How to read the targets: the notebook's loop measured here is faster than in the "
+        "first quick measurement quoted in the issue (about 0.9 s per epoch on this CPU "
+        "instead of about 1.3 s), so the end-to-end ratios are against a stronger baseline; "
+        "where a target is missed, the table says so. On a GPU this small network is bound "
+        "by kernel launches, so bf16 does not help there, and `compile=True` only pays off "
+        "for larger models (its compilation time is reported separately).",
     ]
     for kind, title in (("cpu", "CPU"), ("cuda", "CUDA")):
         path = results_dir / f"results-{kind}.json"
@@ -455,6 +541,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=2, help="end-to-end runs per contender")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few repeats, 1 epoch")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile run")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "performance.md",
                         help="page to regenerate; '-' to skip")  # fmt: skip
@@ -510,6 +597,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"4. evaluate / eval_net: {results['eval']['speedup']:.2f}x faster")
         results["compute"] = bench_compute(e, device, cpu)
         print(f"5. compute: {json.dumps(results['compute'])}")
+        results["memory_format"] = bench_memory_format(max(2, args.repeats // 2), device)
+        print(f"6. memory format: {json.dumps(results['memory_format'])}")
+        if not args.no_compile:
+            results["compile"] = bench_compile(device)
+            print(f"7. compile: {json.dumps(results['compile'])}")
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / f"results-{device.type}.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -61,3 +61,18 @@ def test_two_gloo_processes_agree_and_match_one_process(tmp_path: Path, mode: st
     for key in ("accuracy", "val_accuracy"):
         assert ddp[key][-1] == pytest.approx(one[key][-1], abs=0.05), key
     assert h0["history"]["loss"][-1] < h0["history"]["loss"][0]
+
+
+def test_the_example_runs_under_torchrun() -> None:
+    env = {
+        **os.environ,
+        "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "OMP_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(HERE.parent / "examples" / "mnist_cnn.py"), "--epochs", "1"]  # fmt: skip
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("test accuracy:") == 1  # rank 0 reports
+    assert result.stdout.count("Epoch 1/1 - ") == 1  # and only rank 0 shows progress

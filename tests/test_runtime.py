@@ -149,3 +149,10 @@ def test_nan_guard_reads_exactly_one_flag_per_batch(small_data, monkeypatch) -> 
         reads[guard] = len(calls)
         monkeypatch.undo()
     assert reads[True] - reads[False] == 30  # 300 samples / 10 per batch
+
+
+def test_sync_batchnorm_needs_cuda(small_data) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU error")
+    with pytest.raises(ValueError, match=r"`sync_batchnorm`.*CUDA only.*cpu"):
+        fit(tiny_cnn(), small_data, progress=False, device="cpu", sync_batchnorm=True)

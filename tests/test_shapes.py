@@ -178,3 +178,25 @@ def test_summary_bad_input() -> None:
         summary(nn.Linear(2, 2), (0, 2))
     with pytest.raises(TypeError, match=r"`layers`"):
         receptive_field(3)  # type: ignore[arg-type]
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    groups=st.integers(1, 3),
+    cin_mult=st.integers(1, 3),
+    cout_mult=st.integers(1, 3),
+    kernel=st.integers(1, 4),
+    stride=st.integers(1, 2),
+    size=st.integers(4, 12),
+)
+def test_conv_macs_matches_torch_flop_counter(
+    groups, cin_mult, cout_mult, kernel, stride, size
+) -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cin, cout = groups * cin_mult, groups * cout_mult
+    conv = nn.Conv2d(cin, cout, kernel, stride=stride, groups=groups, bias=False)
+    with FlopCounterMode(display=False) as counter:
+        out = conv(torch.zeros(1, cin, size, size))
+    macs = conv_macs(cin, cout, kernel, (out.shape[2], out.shape[3]), groups=groups)
+    assert 2 * macs == counter.get_total_flops()  # one multiply-accumulate is two FLOPs
