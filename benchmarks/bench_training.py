@@ -46,21 +46,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import convkit
-from convkit import build_cnn, evaluate, fit, mnist_sample
+from convkit import evaluate, fit, mnist_sample
 from convkit._data import make_batches
 from convkit.shapes import conv_macs
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOK = {
-    "channels": (32, 64),
-    "kernel_size": 5,
-    "padding": "valid",
-    "order": "conv-pool-act-norm-dropout",
-    "dropout": 0.25,
-    "hidden": (200,),
-    "head_norm": "batch",
-    "head_dropout": 0.25,
-}
+sys.path.insert(0, str(ROOT / "examples"))
+from mnist_cnn import notebook_cnn  # noqa: E402
+
 BATCH = 128
 
 
@@ -101,7 +94,7 @@ def alternate(
 
 def notebook_model(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    return build_cnn((1, 28, 28), 10, **NOTEBOOK)
+    return notebook_cnn()  # the example's build_cnn call: the notebook's network
 
 
 def write_idx(root: Path) -> None:

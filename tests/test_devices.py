@@ -111,6 +111,19 @@ def test_cuda_tensor_and_loader_paths_agree(on_device: bool) -> None:  # pragma:
 
 
 @cuda
+def test_cuda_sync_batchnorm_option_trains() -> None:  # pragma: no cover - GPU only
+    from convkit import mnist_sample
+
+    torch.manual_seed(0)
+    model = build_cnn((1, 28, 28), 10, channels=(8, 16), hidden=(32,), head_norm="batch")
+    history = fit(model, mnist_sample(), epochs=2, device="cuda", progress=False,
+                  sync_batchnorm=True)  # fmt: skip
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(isinstance(m, torch.nn.SyncBatchNorm) for m in norms)
+    assert history["accuracy"][-1] > 0.8
+
+
+@cuda
 def test_cuda_loop_does_not_sync_per_batch() -> None:  # pragma: no cover - GPU only
     import warnings
 

@@ -5,17 +5,7 @@ import torch
 from torch import nn
 
 from convkit import CNN, ConvBlock, build_cnn
-
-NOTEBOOK = {
-    "channels": (32, 64),
-    "kernel_size": 5,
-    "padding": "valid",
-    "order": "conv-pool-act-norm-dropout",
-    "dropout": 0.25,
-    "hidden": (200,),
-    "head_norm": "batch",
-    "head_dropout": 0.25,
-}
+from helpers import NOTEBOOK
 
 
 def notebook_net_by_hand() -> nn.Sequential:

@@ -10,17 +10,7 @@ import torch
 from torch import nn
 
 from convkit import build_cnn, evaluate, fit, mnist_sample, predict
-
-NOTEBOOK = {
-    "channels": (32, 64),
-    "kernel_size": 5,
-    "padding": "valid",
-    "order": "conv-pool-act-norm-dropout",
-    "dropout": 0.25,
-    "hidden": (200,),
-    "head_norm": "batch",
-    "head_dropout": 0.25,
-}
+from helpers import NOTEBOOK
 
 
 def tiny_cnn(seed: int = 0) -> nn.Module:
@@ -156,3 +146,15 @@ def test_sync_batchnorm_needs_cuda(small_data) -> None:
         pytest.skip("checks the CPU error")
     with pytest.raises(ValueError, match=r"`sync_batchnorm`.*CUDA only.*cpu"):
         fit(tiny_cnn(), small_data, progress=False, device="cpu", sync_batchnorm=True)
+
+
+def test_sync_batchnorm_conversion_replaces_every_batchnorm() -> None:
+    from convkit.training import _convert_sync_batchnorm
+
+    model = build_cnn((1, 28, 28), 10, channels=(4, 8), hidden=(16,), head_norm="batch")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    _convert_sync_batchnorm(model)
+    kinds = [type(m) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert kinds == [nn.SyncBatchNorm] * 3
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # statistics carried over

@@ -9,17 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from convkit import History, build_cnn, evaluate, fit, mnist_sample, predict
-
-NOTEBOOK = {
-    "channels": (32, 64),
-    "kernel_size": 5,
-    "padding": "valid",
-    "order": "conv-pool-act-norm-dropout",
-    "dropout": 0.25,
-    "hidden": (200,),
-    "head_norm": "batch",
-    "head_dropout": 0.25,
-}
+from helpers import NOTEBOOK
 
 
 def tiny_cnn(seed: int = 0, **kwargs) -> nn.Module:

@@ -125,35 +125,23 @@ class TensorBatches:
 
     def __iter__(self) -> Iterator[Batch]:
         n, size = self.num_samples, self.batch_size
+        order: torch.Tensor | None = None  # None: in order, by cheap views
         if self.shard is not None:
             order = self._shard_indices().to(self.inputs.device)
-            for start in range(0, n, size):
-                index = order[start : start + size]
-                targets = self.targets[index] if self.targets is not None else None
-                yield Batch(
-                    self._move(self.inputs[index]),
-                    self._move(targets) if targets is not None else None,
-                )
         elif self.shuffle:
             _draw_base_seed(self.generator)
             order = torch.randperm(n, generator=self.generator).to(self.inputs.device)
-            for start in range(0, n, size):
-                index = order[start : start + size]
-                targets = self.targets[index] if self.targets is not None else None
-                yield Batch(
-                    self._move(self.inputs[index]),
-                    self._move(targets) if targets is not None else None,
-                )
+        for start in range(0, n, size):
+            index = slice(start, start + size) if order is None else order[start : start + size]
+            targets = self.targets[index] if self.targets is not None else None
+            yield Batch(
+                self._move(self.inputs[index]),
+                self._move(targets) if targets is not None else None,
+            )
+        if self.shard is None and self.shuffle:
             # RandomSampler calls randperm once more when its iterator runs out (for a
             # remainder of num_samples % n == 0 samples); mirror that draw as well.
             torch.randperm(n, generator=self.generator)
-        else:
-            for start in range(0, n, size):
-                targets = self.targets[start : start + size] if self.targets is not None else None
-                yield Batch(
-                    self._move(self.inputs[start : start + size]),
-                    self._move(targets) if targets is not None else None,
-                )
 
 
 class LoaderBatches:

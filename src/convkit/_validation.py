@@ -50,6 +50,26 @@ def check_int_or_pair(name: str, value: Any, *, allow_zero: bool = False) -> tup
     return (int(pair[0]), int(pair[1]))
 
 
+def check_positive_int_sequence(
+    name: str, value: Any, *, example: str, allow_empty: bool
+) -> tuple[int, ...]:
+    """Return ``value`` as a tuple of positive ints (e.g. ``channels``, ``hidden``), else raise."""
+    kind = "sequence" if allow_empty else "non-empty sequence"
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(
+            f"Invalid type for argument `{name}`. Expected a {kind} of positive ints, e.g. "
+            f"{example}. Received {name}={value!r}."
+        )
+    if (not value and not allow_empty) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value
+    ):
+        raise ValueError(
+            f"Invalid value for argument `{name}`. Expected a {kind} of positive ints, e.g. "
+            f"{example}. Received {name}={value!r}."
+        )
+    return tuple(value)
+
+
 def check_probability(name: str, value: Any) -> float:
     """Return ``value`` as a float in ``[0, 1)``, else raise."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):

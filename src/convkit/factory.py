@@ -17,7 +17,7 @@ from torch import nn
 
 from ._layers import NORMS_2D, check_act, check_norm, check_pool
 from ._typing import IntOrPair, LayerSpec, Padding
-from ._validation import check_positive_int
+from ._validation import check_positive_int, check_positive_int_sequence
 from .blocks import ConvBlock, Flatten
 from .heads import MLPHead
 
@@ -327,19 +327,9 @@ def _build_features(
     order: Any,
 ) -> nn.Sequential:
     """The generated ``features`` stack, ``block1`` ... ``blockN``, with shapes checked."""
-    if isinstance(channels, (str, bytes)) or not isinstance(channels, Sequence) or not channels:
-        raise ValueError(
-            "Invalid value for argument `channels`. Expected a non-empty sequence of positive "
-            f"ints, one per block, e.g. (32, 64). Received channels={channels!r}."
-        )
-    for c in channels:
-        try:
-            check_positive_int("channels", c)
-        except (TypeError, ValueError):
-            raise ValueError(
-                "Invalid value for argument `channels`. Expected a non-empty sequence of "
-                f"positive ints, e.g. (32, 64). Received channels={channels!r}."
-            ) from None
+    check_positive_int_sequence(
+        "channels", channels, example="(32, 64), one per block", allow_empty=False
+    )
     n = len(channels)
     per_block = {
         "kernel_size": _per_block("kernel_size", kernel_size, n, pair_ok=True),

@@ -14,7 +14,12 @@ from torch import nn
 
 from ._layers import NORMS_1D, check_act, check_norm, create_act, create_norm
 from ._typing import LayerSpec
-from ._validation import check_positive_int, check_probability, parse_order
+from ._validation import (
+    check_positive_int,
+    check_positive_int_sequence,
+    check_probability,
+    parse_order,
+)
 
 __all__ = ["MLPHead"]
 
@@ -75,19 +80,7 @@ class MLPHead(nn.Sequential):
     ) -> None:
         check_positive_int("in_features", in_features)
         check_positive_int("out_features", out_features)
-        if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
-            raise TypeError(
-                "Invalid type for argument `hidden`. Expected a sequence of positive ints, "
-                f"e.g. (128,) or (). Received hidden={hidden!r}."
-            )
-        for width in hidden:
-            try:
-                check_positive_int("hidden", width)
-            except (TypeError, ValueError):
-                raise ValueError(
-                    "Invalid value for argument `hidden`. Expected a sequence of positive "
-                    f"ints, e.g. (128,) or (). Received hidden={hidden!r}."
-                ) from None
+        check_positive_int_sequence("hidden", hidden, example="(128,) or ()", allow_empty=True)
         check_act("act", act)
         check_norm("norm", norm, NORMS_1D)
         p_drop = check_probability("dropout", dropout)

@@ -851,6 +851,37 @@ def fit(
     return history
 
 
+def _inference_setup(
+    model: nn.Module,
+    data: Any,
+    device: DeviceLike,
+    batch_size: int,
+    precision: str,
+    memory_format: str,
+    data_on_device: bool | None,
+    *,
+    targets: bool,
+) -> tuple[Runtime, TensorBatches | LoaderBatches, _DataCheck]:
+    """The checks and set-up ``evaluate`` and ``predict`` share, in that order."""
+    _check_model(model)
+    check_positive_int("batch_size", batch_size)
+    runtime = Runtime.create(model, resolve_device(device), precision, memory_format)
+    _check_data_on_device(data_on_device)
+    batches, check = _prepare(
+        model,
+        data,
+        name="data",
+        batch_size=batch_size,
+        shuffle=False,
+        generator=torch.Generator().manual_seed(0),
+        runtime=runtime,
+        need_targets=targets,
+        data_on_device=data_on_device,
+    )
+    runtime.place(model)
+    return runtime, batches, check
+
+
 def evaluate(
     model: nn.Module,
     data: Any,
@@ -895,24 +926,11 @@ def evaluate(
         >>> sorted(scores), model.training
         (['accuracy', 'loss'], True)
     """
-    _check_model(model)
-    check_positive_int("batch_size", batch_size)
     loss_fn = _resolve_loss(loss)
     metric_list = resolve_metrics(metrics)
-    runtime = Runtime.create(model, resolve_device(device), precision, memory_format)
-    _check_data_on_device(data_on_device)
-    batches, check = _prepare(
-        model,
-        data,
-        name="data",
-        batch_size=batch_size,
-        shuffle=False,
-        generator=torch.Generator().manual_seed(0),
-        runtime=runtime,
-        need_targets=True,
-        data_on_device=data_on_device,
+    runtime, batches, check = _inference_setup(
+        model, data, device, batch_size, precision, memory_format, data_on_device, targets=True
     )
-    runtime.place(model)
     with _eval_mode(model), torch.inference_mode():
         return _run_epoch(model, batches, check, loss_fn, metric_list, runtime, step=None)
 
@@ -951,22 +969,9 @@ def predict(
         >>> predict(model, torch.zeros(5, 1, 28, 28), device="cpu").shape
         torch.Size([5, 10])
     """
-    _check_model(model)
-    check_positive_int("batch_size", batch_size)
-    runtime = Runtime.create(model, resolve_device(device), precision, memory_format)
-    _check_data_on_device(data_on_device)
-    batches, _ = _prepare(
-        model,
-        data,
-        name="data",
-        batch_size=batch_size,
-        shuffle=False,
-        generator=torch.Generator().manual_seed(0),
-        runtime=runtime,
-        need_targets=False,
-        data_on_device=data_on_device,
+    runtime, batches, _ = _inference_setup(
+        model, data, device, batch_size, precision, memory_format, data_on_device, targets=False
     )
-    runtime.place(model)
     outputs = []
     with _eval_mode(model), torch.inference_mode():
         for batch in batches:
