@@ -225,7 +225,8 @@ def build_cnn(
         head_norm: The head's norm: ``"batch"``, ``"layer"``, ``None`` or a callable.
         head_dropout: The head's dropout probability (``nn.Dropout``).
         features: Your own feature extractor instead of the generated blocks; then none
-            of ``channels`` ... ``order`` may be given.
+            of ``channels`` ... ``order`` may be given, except ``act``, which still sets
+            the head's activation.
 
     Returns:
         A [`CNN`][convkit.CNN] (an ``nn.Sequential``) with children ``features``,
