@@ -38,7 +38,7 @@ from convkit.shapes import (
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 ARTIFACTS = ROOT / "test-artifacts"
-PAGES = sorted(p for p in DOCS.rglob("*.md") if "vendor" not in p.parts)
+PAGES = [ROOT / "README.md", *sorted(p for p in DOCS.rglob("*.md") if "vendor" not in p.parts)]
 FENCE = re.compile(
     r"^(?P<indent>[ \t]*)```(?P<lang>[\w-]*)[^\n]*\n(?P<body>.*?)^(?P=indent)```", re.M | re.S
 )
@@ -58,21 +58,21 @@ def python_blocks(page: Path) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "page", [p for p in PAGES if python_blocks(p)], ids=lambda p: str(p.relative_to(DOCS))
+    "page", [p for p in PAGES if python_blocks(p)], ids=lambda p: str(p.relative_to(ROOT))
 )
 def test_python_blocks_in_docs_run(page: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {"__name__": f"docs:{page.name}"}
     for number, block in enumerate(python_blocks(page), start=1):
-        code = compile(block, f"{page.relative_to(DOCS)} (block {number})", "exec")
+        code = compile(block, f"{page.relative_to(ROOT)} (block {number})", "exec")
         exec(code, namespace)  # every block of a page shares one namespace, like a notebook
 
 
 def test_every_page_with_code_is_tested() -> None:
     runnable = [p for p in PAGES if python_blocks(p)]
-    names = {str(p.relative_to(DOCS)) for p in runnable}
-    assert {"theory.md", "getting-started.md", "guide/blocks.md", "guide/training.md",
-            "guide/training-in-depth.md"} <= names  # fmt: skip
+    names = {str(p.relative_to(ROOT)) for p in runnable}
+    assert {"README.md", "docs/theory.md", "docs/getting-started.md", "docs/guide/blocks.md",
+            "docs/guide/training.md", "docs/guide/training-in-depth.md"} <= names  # fmt: skip
 
 
 def test_examples_are_included_from_examples_dir() -> None:
