@@ -105,8 +105,7 @@ class TensorBatches:
         self.epoch = epoch
 
     def _shard_indices(self) -> torch.Tensor:
-        assert self.shard is not None
-        rank, world = self.shard
+        rank, world = self.shard or (0, 1)
         n = int(self.inputs.shape[0])
         if not self.shuffle:
             # evaluation: a strided split without padding, so that the all-reduced sums

@@ -253,8 +253,7 @@ class ConvBlock(nn.Sequential):
                 layer = create_pool("pool", pool, pools[0] if pools[0] == pools[1] else pools)
             else:
                 layer = nn.Dropout2d(p_drop)
-            assert layer is not None  # enabled stages always build a layer
-            self.add_module(stage, layer)
+            self.add_module(stage, layer)  # enabled stages always build a layer
 
     def _make_conv(self, groups: int, bias: bool) -> nn.Conv2d:
         (top, bottom), (left, right) = self._padding
