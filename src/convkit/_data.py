@@ -156,13 +156,6 @@ class LoaderBatches:
     ) -> None:
         self.loader, self.name, self.device, self.check = loader, name, device, check
 
-    @property
-    def num_samples(self) -> int | None:
-        dataset = self.loader.dataset
-        if isinstance(dataset, IterableDataset) or not isinstance(dataset, Sized):
-            return None
-        return len(self.loader.sampler) if isinstance(self.loader.sampler, Sized) else None
-
     def __len__(self) -> int:
         return len(self.loader)
 

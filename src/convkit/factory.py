@@ -8,6 +8,7 @@ head is a plain ``nn.Linear`` (no lazy modules).
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -22,20 +23,6 @@ from .blocks import ConvBlock, Flatten
 from .heads import MLPHead
 
 __all__ = ["CNN", "build_cnn"]
-
-# build_cnn's per-block options and their defaults; with `features=` none may be given.
-_BLOCK_DEFAULTS: dict[str, Any] = {
-    "channels": (32, 64),
-    "kernel_size": 3,
-    "stride": 1,
-    "padding": "same",
-    "norm": "batch",
-    "act": "relu",
-    "pool": "max",
-    "pool_size": 2,
-    "dropout": 0.0,
-    "order": "conv-norm-act-pool-dropout",
-}
 
 
 class CNN(nn.Sequential):
@@ -274,7 +261,9 @@ def build_cnn(
                 "Invalid type for argument `features`. Expected an nn.Module mapping "
                 f"(N, *input_shape) to features. Received {type(features).__name__}."
             )
-        clashing = [k for k, v in given.items() if k != "act" and v != _BLOCK_DEFAULTS[k]]
+        # build_cnn's own defaults, read from its signature so that they can't drift
+        defaults = {k: p.default for k, p in inspect.signature(build_cnn).parameters.items()}
+        clashing = [k for k, v in given.items() if k != "act" and v != defaults[k]]
         if clashing:
             raise ValueError(
                 f"Invalid arguments: {', '.join(f'`{k}`' for k in clashing)} configure the "
