@@ -97,6 +97,25 @@ def notebook_model(seed: int = 0) -> nn.Module:
     return notebook_cnn()  # the example's build_cnn call: the notebook's network
 
 
+def notebook_net_as_written(seed: int = 0) -> nn.Module:
+    """The notebook's network as the notebook writes it, with torch.nn only.
+
+    Same layers as ``notebook_model`` (a test in tests/test_factory.py proves them
+    identical) and, here, the same initial weights; the one difference is the
+    notebook's plain ``nn.ReLU()`` where ``build_cnn`` uses ``ReLU(inplace=True)``.
+    """
+    net = nn.Sequential(
+        nn.Conv2d(1, 32, 5), nn.MaxPool2d(2), nn.ReLU(), nn.BatchNorm2d(32), nn.Dropout2d(0.25),
+        nn.Conv2d(32, 64, 5), nn.MaxPool2d(2), nn.ReLU(), nn.BatchNorm2d(64), nn.Dropout2d(0.25),
+        nn.Flatten(),
+        nn.Linear(1024, 200), nn.ReLU(), nn.BatchNorm1d(200), nn.Dropout(0.25),
+        nn.Linear(200, 10),
+    )  # fmt: skip
+    weights = notebook_model(seed).state_dict().values()
+    net.load_state_dict(dict(zip(net.state_dict(), weights, strict=True)))
+    return net
+
+
 def write_idx(root: Path) -> None:
     """The bundled sample as torchvision's raw MNIST files, for the notebook's data path."""
     raw = root / "MNIST" / "raw"
@@ -155,7 +174,7 @@ def hand_loop_epoch(
     model.to(device).to(memory_format=torch.channels_last)
     x = x.to(device).contiguous(memory_format=torch.channels_last)
     y = y.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)  # as fit builds "adam"
     model.train()
     torch.empty((), dtype=torch.int64).random_(generator=gen)  # as a DataLoader draws
     perm = torch.randperm(len(x), generator=gen).to(device)
@@ -238,17 +257,21 @@ def bench_end_to_end(
 ) -> dict[str, Any]:
     train, test = mnist_sample(), mnist_sample(train=False)
     test_loader = DataLoader(tv_test, batch_size=BATCH)
-    per_epoch: dict[str, list[float]] = {"notebook": [], "fit": [], "fit_bf16": []}
+    per_epoch: dict[str, list[float]] = {
+        "notebook": [], "notebook_loop_convkit_net": [], "fit": [], "fit_bf16": []
+    }  # fmt: skip
     accuracy: dict[str, list[float]] = {k: [] for k in per_epoch}
 
-    def notebook(n_epochs: int) -> None:
-        net = notebook_model().to(device)
+    def notebook(n_epochs: int, name: str = "notebook") -> None:
+        # (a) is the notebook as written: its loop on its own network; the extra row runs
+        # its loop on build_cnn's network (in-place ReLU), to show what the network adds.
+        net = (notebook_net_as_written() if name == "notebook" else notebook_model()).to(device)
         opt = torch.optim.Adam(net.parameters())
         loader = DataLoader(tv_train, batch_size=BATCH, shuffle=True)
         times = [timed(lambda: notebook_train_epoch(net, loader, opt, device), device)[0]
                  for _ in range(n_epochs)]  # fmt: skip
-        per_epoch["notebook"] += times
-        accuracy["notebook"].append(eval_net(net, test_loader, device))
+        per_epoch[name] += times
+        accuracy[name].append(eval_net(net, test_loader, device))
 
     def with_fit(name: str, n_epochs: int, **kwargs: Any) -> None:
         model = notebook_model()
@@ -257,11 +280,13 @@ def bench_end_to_end(
         accuracy[name].append(evaluate(model, test, device=device, **kwargs)["accuracy"])
 
     # warm-up: one epoch of each, discarded
-    notebook(1), with_fit("fit", 1), with_fit("fit_bf16", 1, precision="bf16")
+    notebook(1), notebook(1, "notebook_loop_convkit_net")
+    with_fit("fit", 1), with_fit("fit_bf16", 1, precision="bf16")
     for values in (*per_epoch.values(), *accuracy.values()):
         values.clear()
     for _ in range(rounds):
         notebook(epochs)
+        notebook(epochs, "notebook_loop_convkit_net")
         with_fit("fit", epochs)
         with_fit("fit_bf16", epochs, precision="bf16")
     med = {k: statistics.median(v) for k, v in per_epoch.items()}
@@ -280,11 +305,12 @@ def bench_end_to_end(
 
 def bench_evaluate(tv_test: Any, repeats: int, device: torch.device) -> dict[str, Any]:
     model = notebook_model().to(device)
+    net = notebook_net_as_written().to(device)  # the same weights, the notebook's modules
     test = mnist_sample(train=False)
     loader = DataLoader(tv_test, batch_size=BATCH)
     t = alternate(
         {
-            "eval_net": lambda: eval_net(model, loader, device),
+            "eval_net": lambda: eval_net(net, loader, device),
             "evaluate": lambda: evaluate(model, test, device=device),
         },
         repeats,
@@ -443,6 +469,16 @@ def markdown(results: dict[str, Any]) -> str:
         f"{spe['fit_bf16']:.3f} s, acc {acc['fit_bf16']:.3f} | "
         f"**{e['ratio_fit_bf16_vs_notebook']:.2f}x** "
         f"({e['bf16_accuracy_points_vs_fp32']:+.1f} points vs fp32) | <= 0.3x, +-0.5 points |",
+    ]
+    if "notebook_loop_convkit_net" in spe:  # results recorded before this row existed lack it
+        lines.append(
+            f"| reference: the notebook's loop on `build_cnn`'s network (in-place ReLU) | "
+            f"notebook {spe['notebook']:.3f} s | notebook loop "
+            f"{spe['notebook_loop_convkit_net']:.3f} s, acc "
+            f"{acc['notebook_loop_convkit_net']:.3f} | "
+            f"**{spe['notebook_loop_convkit_net'] / spe['notebook']:.2f}x** | - |"
+        )
+    lines += [
         f"| evaluate 1,000 images | `eval_net` {ev['eval_net_images_per_s']:.0f} img/s | "
         f"`evaluate` {ev['evaluate_images_per_s']:.0f} img/s | **{ev['speedup']:.2f}x faster** |"
         " - |",

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from convkit import ConvBlock, Flatten
+from convkit import ConvBlock, Flatten, build_cnn
 from convkit.shapes import conv_output_size, pool_output_size
 
 STAGES = ["conv", "norm", "act", "pool", "dropout"]
@@ -227,6 +227,50 @@ def test_flatten_is_torch_flatten() -> None:
     x = torch.randn(4, 3, 5, 6)
     torch.testing.assert_close(Flatten()(x), nn.Flatten()(x))
     assert Flatten()(x).shape == (4, 90)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_flatten_gradient_equals_torch_and_keeps_the_input_layout(channels_last: bool) -> None:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(4, 3, 5, 6).contiguous(memory_format=fmt)
+    w = torch.randn(90, 7)
+    grads = {}
+    for name, flatten in (("ours", Flatten()), ("torch", nn.Flatten())):
+        # a non-leaf, as in a network: a leaf's .grad is re-strided to match the leaf
+        hidden = x.clone().requires_grad_() * 1.0
+        hidden.register_hook(lambda g, name=name: grads.__setitem__(name, g))
+        out = flatten(hidden)
+        torch.testing.assert_close(out, nn.Flatten()(x), rtol=0, atol=0)
+        (out @ w).square().sum().backward()
+    torch.testing.assert_close(grads["ours"], grads["torch"], rtol=0, atol=0)
+    assert grads["ours"].is_contiguous(memory_format=fmt)
+    if channels_last:  # what Flatten fixes: torch hands an NCHW gradient to NHWC layers
+        assert not grads["torch"].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_backward_through_a_channels_last_cnn_stays_channels_last() -> None:
+    # Mixed layouts (NHWC activations, NCHW gradients) sent BatchNorm's backward to a
+    # generic kernel 3-6x slower; every feature gradient must come back in NHWC.
+    model = build_cnn((1, 28, 28), 10, channels=(8, 16), order="conv-pool-act-norm-dropout",
+                      dropout=0.25, hidden=(32,))  # fmt: skip
+    model.to(memory_format=torch.channels_last)
+    layouts = {}
+
+    def record(name: str):
+        def on_grad(grad: torch.Tensor) -> None:
+            layouts[name] = grad.is_contiguous(memory_format=torch.channels_last)
+
+        def hook(module: nn.Module, args: object, out: torch.Tensor) -> None:
+            out.register_hook(on_grad)
+
+        return hook
+
+    for name, module in model.features.named_modules():
+        if not list(module.children()):
+            module.register_forward_hook(record(name))
+    x = torch.rand(16, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    model(x).logsumexp(1).sum().backward()
+    assert len(layouts) == 10 and all(layouts.values()), layouts
 
 
 def test_forward_shape_error_names_input_shape() -> None:

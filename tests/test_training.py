@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from convkit import History, build_cnn, evaluate, fit, mnist_sample, predict
+from convkit import Callback, History, build_cnn, evaluate, fit, mnist_sample, predict
 from helpers import NOTEBOOK
 
 
@@ -182,6 +182,42 @@ def test_optimizer_forms(optimizer, small_data) -> None:
     before = state(model)
     fit(model, small_data, epochs=1, optimizer=optimizer, progress=False, device="cpu")
     assert not same_state(before, state(model))
+
+
+@pytest.mark.parametrize(
+    ("name", "cls"),
+    [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW), ("sgd", torch.optim.SGD)],
+)
+def test_named_optimizers_are_fused_and_train_like_the_plain_ones(name, cls, small_data) -> None:
+    built = []
+
+    class Grab(Callback):
+        def on_train_begin(self, state) -> None:
+            built.append(state.optimizer)
+
+    fused, plain = tiny_cnn(), tiny_cnn()
+    fit(fused, small_data, epochs=2, optimizer=name, lr=0.01, weight_decay=1e-4, seed=0,
+        progress=False, device="cpu", callbacks=[Grab()])  # fmt: skip
+    assert type(built[0]) is cls and built[0].param_groups[0]["fused"] is True
+    extra = {"momentum": 0.9} if name == "sgd" else {}
+
+    def unfused(params):
+        return cls(params, lr=0.01, weight_decay=1e-4, foreach=False, **extra)
+
+    fit(plain, small_data, epochs=2, optimizer=unfused, seed=0, progress=False, device="cpu",
+        callbacks=[Grab()])  # fmt: skip
+    assert not built[1].param_groups[0]["fused"]
+    for a, b in zip(fused.state_dict().values(), plain.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)  # same algorithm, fp32 rounding
+
+
+def test_named_optimizer_is_not_fused_where_torch_has_no_kernel() -> None:
+    from convkit.training import _named_optimizer
+
+    params = [nn.Parameter(torch.zeros(3, dtype=torch.complex64))]
+    assert not _named_optimizer("adam", params, 1e-3, 0.0).param_groups[0]["fused"]
+    params = [nn.Parameter(torch.zeros(3))]
+    assert _named_optimizer("adam", params, 1e-3, 0.0).param_groups[0]["fused"]
 
 
 def test_sgd_has_momentum_and_instance_is_used(small_data) -> None:
