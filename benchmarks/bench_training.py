@@ -18,8 +18,8 @@ comparison run A/B, B/A, A/B... after a warm-up, medians and ratios printed and 
     python benchmarks/bench_training.py --device cuda   # the same on a GPU
     python benchmarks/bench_training.py --quick         # a smoke run, fewer repeats
 
-The notebook's code is not part of convkit; ``notebook_train_epoch`` and ``eval_net``
-below restate its loops (DataLoader + ToTensor, fp32, default layout, a running loss,
+The notebook's code is not part of convkit; ``notebook_baseline.py`` beside this script restates
+its network and loops (DataLoader + ToTensor, fp32, default layout, a running loss,
 with the undefined ``loss_fn`` defined).
 """
 
@@ -53,6 +53,7 @@ from convkit.shapes import conv_macs
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 from mnist_cnn import notebook_cnn  # noqa: E402
+from notebook_baseline import eval_net, notebook_net, notebook_train_epoch  # noqa: E402
 
 BATCH = 128
 
@@ -98,19 +99,13 @@ def notebook_model(seed: int = 0) -> nn.Module:
 
 
 def notebook_net_as_written(seed: int = 0) -> nn.Module:
-    """The notebook's network as the notebook writes it, with torch.nn only.
+    """``notebook_baseline.notebook_net()`` with ``notebook_model(seed)``'s initial weights.
 
-    Same layers as ``notebook_model`` (a test in tests/test_factory.py proves them
-    identical) and, here, the same initial weights; the one difference is the
-    notebook's plain ``nn.ReLU()`` where ``build_cnn`` uses ``ReLU(inplace=True)``.
+    Same layers as ``notebook_model`` (tests/test_factory.py proves them identical); the
+    one difference is the notebook's plain ``nn.ReLU()`` where ``build_cnn`` uses
+    ``ReLU(inplace=True)``.
     """
-    net = nn.Sequential(
-        nn.Conv2d(1, 32, 5), nn.MaxPool2d(2), nn.ReLU(), nn.BatchNorm2d(32), nn.Dropout2d(0.25),
-        nn.Conv2d(32, 64, 5), nn.MaxPool2d(2), nn.ReLU(), nn.BatchNorm2d(64), nn.Dropout2d(0.25),
-        nn.Flatten(),
-        nn.Linear(1024, 200), nn.ReLU(), nn.BatchNorm1d(200), nn.Dropout(0.25),
-        nn.Linear(200, 10),
-    )  # fmt: skip
+    net = notebook_net()
     weights = notebook_model(seed).state_dict().values()
     net.load_state_dict(dict(zip(net.state_dict(), weights, strict=True)))
     return net
@@ -127,40 +122,6 @@ def write_idx(root: Path) -> None:
             f.write(struct.pack(">IIII", 2051, len(images), 28, 28) + images.tobytes())
         with open(raw / f"{split}-labels-idx1-ubyte", "wb") as f:
             f.write(struct.pack(">II", 2049, len(y)) + y.numpy().astype(np.uint8).tobytes())
-
-
-# ------------------------------------------------------------------ the notebook's loops
-
-
-def notebook_train_epoch(
-    net: nn.Module, loader: DataLoader[Any], optimizer: torch.optim.Optimizer, device: torch.device
-) -> float:
-    loss_fn = nn.CrossEntropyLoss()  # the notebook uses loss_fn without defining it
-    net.train()
-    running_loss = 0.0
-    i = 0
-    for i, (xx, yy) in enumerate(loader):  # noqa: B007 - i is read after the loop, as there
-        xx, yy = xx.to(device), yy.to(device)
-        h = net(xx)
-        loss = loss_fn(h, yy)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        running_loss += loss.item()
-    return running_loss / i  # the notebook's average (over i, not the batch count)
-
-
-def eval_net(net: nn.Module, loader: DataLoader[Any], device: torch.device) -> float:
-    net.eval()  # ... and left in eval mode, as in the notebook
-    ys, ypreds = [], []
-    for x, y in loader:
-        x, y = x.to(device), y.to(device)
-        with torch.no_grad():
-            _, y_pred = net(x).max(1)
-        ys.append(y)
-        ypreds.append(y_pred)
-    ys_t, ypreds_t = torch.cat(ys), torch.cat(ypreds)
-    return float((ys_t == ypreds_t).float().sum().item() / len(ys_t))
 
 
 def hand_loop_epoch(

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -7,22 +10,14 @@ from torch import nn
 from convkit import CNN, ConvBlock, build_cnn
 from helpers import NOTEBOOK
 
-
-def notebook_net_by_hand() -> nn.Sequential:
-    """The teaching notebook's network, written out with torch.nn only."""
-    return nn.Sequential(
-        nn.Conv2d(1, 32, 5), nn.MaxPool2d(2), nn.ReLU(), nn.BatchNorm2d(32), nn.Dropout2d(0.25),
-        nn.Conv2d(32, 64, 5), nn.MaxPool2d(2), nn.ReLU(), nn.BatchNorm2d(64), nn.Dropout2d(0.25),
-        nn.Flatten(),
-        nn.Linear(1024, 200), nn.ReLU(), nn.BatchNorm1d(200), nn.Dropout(0.25),
-        nn.Linear(200, 10),
-    )  # fmt: skip
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from notebook_baseline import notebook_net
 
 
 def test_notebook_network_layer_for_layer(sample_test) -> None:
     torch.manual_seed(0)
     model = build_cnn((1, 28, 28), 10, **NOTEBOOK)
-    ref = notebook_net_by_hand()
+    ref = notebook_net()  # the benchmark's baseline: the notebook's network, torch.nn only
     ours = [m for m in model.modules() if not list(m.children())]
     theirs = [m for m in ref.modules() if not list(m.children())]
     assert len(ours) == len(theirs) == 16
