@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from convkit import ConvBlock, Flatten, build_cnn
@@ -271,6 +272,34 @@ def test_backward_through_a_channels_last_cnn_stays_channels_last() -> None:
     x = torch.rand(16, 1, 28, 28).contiguous(memory_format=torch.channels_last)
     model(x).logsumexp(1).sum().backward()
     assert len(layouts) == 10 and all(layouts.values()), layouts
+
+
+# torch's forward-mode AD loads TorchScript decompositions and warns about them itself
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+def test_channels_last_cnn_works_under_torch_func_transforms() -> None:
+    # Flatten's layout trick must not get in the way of torch.func: per-sample gradients
+    # (vmap over grad, as differential-privacy libraries do) and forward-mode AD.
+    from torch.func import functional_call, grad, jvp, vmap
+
+    torch.manual_seed(0)
+    model = build_cnn((1, 12, 12), 3, channels=(4, 8), norm=None, hidden=(8,))
+    model.to(memory_format=torch.channels_last)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    x = torch.rand(5, 1, 12, 12).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 3, (5,))
+
+    def loss(p: dict, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(functional_call(model, p, (xb[None],)), yb[None])
+
+    per_sample = vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
+    for i in range(len(x)):
+        model.zero_grad()
+        F.cross_entropy(model(x[i : i + 1]), y[i : i + 1]).backward()
+        for name, param in model.named_parameters():
+            torch.testing.assert_close(per_sample[name][i], param.grad)
+    out, tangent = jvp(model, (x,), (torch.ones_like(x),))
+    torch.testing.assert_close(out, model(x))
+    assert tangent.shape == (5, 3)
 
 
 def test_forward_shape_error_names_input_shape() -> None:

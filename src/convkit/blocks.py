@@ -47,13 +47,26 @@ class _GradInChannelsLast(torch.autograd.Function):
     CPU. One small copy of the gradient here keeps the whole backward pass in one layout.
     """
 
+    generate_vmap_rule = True  # works under torch.func transforms (grad, vmap, jvp)
+
     @staticmethod
-    def forward(ctx: Any, input: torch.Tensor) -> torch.Tensor:
+    def forward(input: torch.Tensor) -> torch.Tensor:
         return input.view_as(input)
 
     @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[torch.Tensor], output: torch.Tensor) -> None:
+        pass
+
+    @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        return grad.contiguous(memory_format=torch.channels_last)
+        try:
+            return grad.contiguous(memory_format=torch.channels_last)
+        except RuntimeError:  # torch.func.vmap can't restride (per-sample gradients)
+            return grad
+
+    @staticmethod
+    def jvp(ctx: Any, tangent: torch.Tensor) -> torch.Tensor:
+        return tangent
 
 
 class Flatten(nn.Flatten):
@@ -80,6 +93,7 @@ class Flatten(nn.Flatten):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if (
             input.requires_grad
+            and not torch.compiler.is_compiling()  # compile chooses the backward's layouts
             and input.dim() == 4
             and not input.is_contiguous()
             and input.is_contiguous(memory_format=torch.channels_last)
