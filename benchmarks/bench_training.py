@@ -598,7 +598,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--repeats", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=2, help="end-to-end runs per contender")
+    parser.add_argument("--rounds", type=int, default=3, help="end-to-end runs per contender")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few repeats, 1 epoch")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile run")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
