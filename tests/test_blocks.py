@@ -249,6 +249,21 @@ def test_flatten_gradient_equals_torch_and_keeps_the_input_layout(channels_last:
         assert not grads["torch"].is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize(("start_dim", "end_dim"), [(1, -1), (2, 3), (0, 1), (1, 2), (-3, -1)])
+def test_flatten_output_can_be_modified_in_place(start_dim: int, end_dim: int) -> None:
+    # Where flattening returns a view (not dims 1..3 together), an in-place op on it must
+    # work as with nn.Flatten: the layout trick is only used where the result is a copy.
+    x = torch.randn(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)
+    grads = []
+    for flatten in (Flatten(start_dim, end_dim), nn.Flatten(start_dim, end_dim)):
+        leaf = x.clone().requires_grad_()
+        out = flatten(leaf * 2.0)
+        out.relu_()
+        out.sum().backward()
+        grads.append(leaf.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+
+
 def test_backward_through_a_channels_last_cnn_stays_channels_last() -> None:
     # Mixed layouts (NHWC activations, NCHW gradients) sent BatchNorm's backward to a
     # generic kernel 3-6x slower; every feature gradient must come back in NHWC.

@@ -74,9 +74,10 @@ class Flatten(nn.Flatten):
 
     A thin subclass, so that ``from convkit import Flatten`` sits beside the other
     blocks; it computes exactly what ``nn.Flatten`` computes, outputs and gradients.
-    One difference, for speed only: for a ``channels_last`` input the gradient flows
-    back in ``channels_last`` as well (``nn.Flatten`` returns it in NCHW order, which
-    sends the layers before it to slower mixed-layout kernels in the backward pass).
+    One difference, for speed only: flattening a ``channels_last`` ``(N, C, H, W)`` input
+    to ``(N, C*H*W)``, the gradient flows back in ``channels_last`` as well
+    (``nn.Flatten`` returns it in NCHW order, which sends the layers before it to slower
+    mixed-layout kernels in the backward pass).
 
     Args:
         start_dim: First dimension to flatten (1 keeps the batch dimension).
@@ -93,8 +94,9 @@ class Flatten(nn.Flatten):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if (
             input.requires_grad
-            and not torch.compiler.is_compiling()  # compile chooses the backward's layouts
             and input.dim() == 4
+            and (self.start_dim % 4, self.end_dim % 4) == (1, 3)  # (N, C*H*W): always a copy
+            and not torch.compiler.is_compiling()  # compile chooses the backward's layouts
             and not input.is_contiguous()
             and input.is_contiguous(memory_format=torch.channels_last)
         ):
