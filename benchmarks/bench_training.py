@@ -608,7 +608,7 @@ def write_docs(results_dir: Path, docs_path: Path) -> None:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--repeats", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=12)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3, help="end-to-end runs per contender")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few repeats, 1 epoch")
