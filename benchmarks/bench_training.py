@@ -567,10 +567,10 @@ def write_docs(results_dir: Path, docs_path: Path) -> None:
         "to show how much of the difference is the network module and how much the loop.",
         "",
         "How to read the targets: the notebook's loop measured here is faster than in the "
-        "first quick measurement quoted in the issue (0.9 to 1.1 s per epoch on this CPU, "
-        "run to run, instead of about 1.3 s), so the end-to-end ratios are against a "
-        "stronger baseline; where a target is missed, the table says so. What is left is "
-        "the kernels' own "
+        "first quick measurement the targets were set from (0.85 to 1.1 s per epoch on this "
+        "CPU, run to run, instead of about 1.3 s), so the end-to-end ratios are against a "
+        "stronger baseline; where a target is missed, the table says so (across runs on this "
+        "CPU: `fit` 0.60x to 0.64x, bf16 0.33x to 0.36x). What is left is the kernels' own "
         "time: the larger convolution already runs at about the CPU's fp32 peak, and most "
         "of the rest is max-pooling and BatchNorm over the first block's activations, "
         "memory-bound PyTorch kernels that convkit calls as they are. On a GPU this small "
