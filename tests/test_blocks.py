@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 
 import pytest
 import torch
@@ -262,6 +263,23 @@ def test_flatten_output_can_be_modified_in_place(start_dim: int, end_dim: int) -
         out.sum().backward()
         grads.append(leaf.grad)
     torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+
+
+def test_flatten_scripts_and_a_channels_last_cnn_traces(tmp_path) -> None:
+    # TorchScript can't hold the layout trick's autograd.Function: scripting and tracing
+    # (with gradients on, channels_last weights) must give plain, saveable graphs.
+    x = torch.randn(4, 3, 5, 6).contiguous(memory_format=torch.channels_last)
+    model = build_cnn((1, 28, 28), 10, channels=(4, 8), hidden=(16,))
+    model.to(memory_format=torch.channels_last).eval()
+    images = torch.rand(2, 1, 28, 28)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in new torch
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # ConvBlock's shape check
+        scripted = torch.jit.script(Flatten())
+        torch.jit.save(torch.jit.trace(model, images), tmp_path / "traced.pt")
+        loaded = torch.jit.load(tmp_path / "traced.pt")
+    torch.testing.assert_close(scripted(x), nn.Flatten()(x), rtol=0, atol=0)
+    torch.testing.assert_close(loaded(images), model(images))
 
 
 def test_backward_through_a_channels_last_cnn_stays_channels_last() -> None:

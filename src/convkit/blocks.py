@@ -8,6 +8,7 @@ for strided convolutions.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -35,6 +36,10 @@ from .shapes import conv_output_size, pool_output_size, same_padding
 __all__ = ["ConvBlock", "Flatten"]
 
 STAGES = ("conv", "norm", "act", "pool", "dropout")
+
+# Public TorchScript predicates that torch's type stubs don't export.
+_is_scripting: Callable[[], bool] = torch.jit.is_scripting  # type: ignore[attr-defined]
+_is_tracing: Callable[[], bool] = torch.jit.is_tracing  # type: ignore[attr-defined]
 
 
 class _GradInChannelsLast(torch.autograd.Function):
@@ -92,16 +97,23 @@ class Flatten(nn.Flatten):
         super().__init__(start_dim=start_dim, end_dim=end_dim)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not _is_scripting():  # TorchScript can't hold an autograd.Function
+            input = self._channels_last_grad(input)
+        return input.flatten(self.start_dim, self.end_dim)
+
+    @torch.jit.unused
+    def _channels_last_grad(self, input: torch.Tensor) -> torch.Tensor:
         if (
             input.requires_grad
+            and not _is_tracing()  # nor in a torch.jit.trace graph
             and input.dim() == 4
             and (self.start_dim % 4, self.end_dim % 4) == (1, 3)  # (N, C*H*W): always a copy
             and not torch.compiler.is_compiling()  # compile chooses the backward's layouts
             and not input.is_contiguous()
             and input.is_contiguous(memory_format=torch.channels_last)
         ):
-            input = _GradInChannelsLast.apply(input)
-        return super().forward(input)
+            return _GradInChannelsLast.apply(input)  # type: ignore[no-any-return]
+        return input
 
 
 class _AsymmetricPadConv2d(nn.Conv2d):
