@@ -267,7 +267,13 @@ def test_flatten_output_can_be_modified_in_place(start_dim: int, end_dim: int) -
 
 def test_flatten_scripts_and_a_channels_last_cnn_traces(tmp_path) -> None:
     # TorchScript can't hold the layout trick's autograd.Function: scripting and tracing
-    # (with gradients on, channels_last weights) must give plain, saveable graphs.
+    # (with gradients on, channels_last weights) must give plain, saveable graphs; and
+    # torch.fx must be able to trace through Flatten as through nn.Flatten.
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), Flatten(), nn.Linear(2704, 3))
+    net.to(memory_format=torch.channels_last)
+    graph = torch.fx.symbolic_trace(net)
+    image = torch.rand(2, 1, 28, 28)
+    torch.testing.assert_close(graph(image), net(image))
     x = torch.randn(4, 3, 5, 6).contiguous(memory_format=torch.channels_last)
     model = build_cnn((1, 28, 28), 10, channels=(4, 8), hidden=(16,))
     model.to(memory_format=torch.channels_last).eval()

@@ -103,6 +103,9 @@ class Flatten(nn.Flatten):
 
     @torch.jit.unused
     def _channels_last_grad(self, input: torch.Tensor) -> torch.Tensor:
+        traced: object = input  # a Proxy under torch.fx.symbolic_trace: nothing to inspect
+        if isinstance(traced, torch.fx.Proxy):
+            return input
         if (
             input.requires_grad
             and not _is_tracing()  # nor in a torch.jit.trace graph
