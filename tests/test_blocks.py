@@ -286,6 +286,8 @@ def test_flatten_scripts_and_a_channels_last_cnn_traces(tmp_path) -> None:
         loaded = torch.jit.load(tmp_path / "traced.pt")
     torch.testing.assert_close(scripted(x), nn.Flatten()(x), rtol=0, atol=0)
     torch.testing.assert_close(loaded(images), model(images))
+    exported = torch.export.export(model, (images,)).module()
+    torch.testing.assert_close(exported(images), model(images))
 
 
 def test_backward_through_a_channels_last_cnn_stays_channels_last() -> None:
