@@ -10,6 +10,8 @@ comparison run A/B, B/A, A/B... after a warm-up, medians and ratios printed and 
    ``precision="bf16"`` (channels_last is already the default for conv nets);
 4. evaluation throughput: ``evaluate`` vs the notebook's ``eval_net``;
 5. compute efficiency: achieved GFLOP/s of a training epoch against the CPU's fp32 peak;
+   and an ablation: ``fit`` epochs without the BatchNorm layers, the dropout layers or the
+   first max-pool, for the share of the epoch each takes;
 6. memory format: ``fit`` epochs in ``channels_last`` vs ``contiguous`` (fp32 and bf16),
    the measurement behind ``memory_format="auto"``;
 7. ``compile=True``: compilation time apart from the steady-state epoch time.
@@ -375,6 +377,57 @@ def bench_memory_format_large(device: torch.device) -> dict[str, Any]:
     }
 
 
+class StridedCopy(nn.Module):
+    """Stands in for a 2x2 max-pool in the ablation: the same output shape and layout."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :, ::2, ::2].contiguous(memory_format=torch.channels_last)
+
+
+def ablated(kind: str) -> nn.Module:
+    """``notebook_model()`` without one kind of layer (same initial weights otherwise)."""
+    model = notebook_model()
+    removed = {
+        "batchnorm": nn.modules.batchnorm._BatchNorm,
+        "dropout": nn.modules.dropout._DropoutNd,
+    }.get(kind)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if removed is not None and isinstance(child, removed):
+                setattr(parent, name, nn.Identity())
+    if kind == "first_maxpool":
+        model.features.block1.pool = StridedCopy()
+    return model
+
+
+ABLATIONS = ("batchnorm", "dropout", "first_maxpool")
+
+
+def bench_ablation(repeats: int, device: torch.device) -> dict[str, Any]:
+    """Where the time goes: ``fit`` epochs of the network without one kind of layer.
+
+    A profile's per-kernel times miss what a layer costs the kernels around it (its
+    memory traffic evicts their data), so this removes the layer and times the epoch.
+    The share is 1 minus the median of the back-to-back ratios (ablated / full).
+    """
+    train = mnist_sample()
+    result: dict[str, Any] = {}
+    for precision in ("32", "bf16"):
+        models = {"full": notebook_model(), **{kind: ablated(kind) for kind in ABLATIONS}}
+
+        def run(model: nn.Module, precision: str = precision) -> Callable[[], Any]:
+            return lambda: fit(
+                model, train, epochs=1, progress=False, device=device, precision=precision
+            )
+
+        times = alternate({name: run(model) for name, model in models.items()}, repeats, device)
+        result[precision] = {
+            "full_epoch_s": statistics.median(times["full"]),
+            **{f"{kind}_share": 1 - paired_ratio(times, "full", kind) for kind in ABLATIONS},
+        }
+    return result
+
+
 def bench_compile(device: torch.device, epochs: int = 3) -> dict[str, Any]:
     train = mnist_sample()
     eager = fit(notebook_model(), train, epochs=epochs, progress=False, device=device)
@@ -528,6 +581,22 @@ def markdown(results: dict[str, Any]) -> str:
             f"{100 * c['fit_fraction_of_fp32_peak']:.0f}% of it"
         )
     lines += ["", compute + "."]
+    ablation = results.get("ablation")
+    if ablation:  # results recorded before this section existed lack it
+        shares = "; ".join(
+            f"{label} {100 * ablation['32'][f'{kind}_share']:.0f}% fp32, "
+            f"{100 * ablation['bf16'][f'{kind}_share']:.0f}% bf16"
+            for kind, label in (
+                ("batchnorm", "BatchNorm layers"),
+                ("dropout", "dropout layers"),
+                ("first_maxpool", "the first max-pool, beyond a strided copy"),
+            )
+        )
+        lines += [
+            "",
+            "Where a `fit` epoch's time goes (the same network without one kind of layer; the "
+            f"share of the epoch that removing it saves): {shares}.",
+        ]
     faults = e.get("minor_page_faults_per_epoch")
     if faults:  # results recorded before this count existed lack it
         lines += [
@@ -613,9 +682,11 @@ def write_docs(results_dir: Path, docs_path: Path) -> None:
         "CPU, run to run, instead of about 1.3 s), so the end-to-end ratios are against a "
         "stronger baseline; where a target is missed, the table says so (across runs on this "
         "CPU: `fit` 0.60x to 0.65x, bf16 0.33x to 0.36x). What is left is the kernels' own "
-        "time: the larger convolution already runs at about the CPU's fp32 peak, and most "
-        "of the rest is max-pooling and BatchNorm over the first block's activations, "
-        "memory-bound PyTorch kernels that convkit calls as they are. On a GPU this small "
+        "time: the larger convolution already runs at about the CPU's fp32 peak, and the "
+        "ablation line under the CPU table shows what the memory-bound layers around the "
+        "convolutions cost (BatchNorm and dropout most; the max-pools little more than the "
+        "copy any downsampling makes). Those are PyTorch's kernels, which convkit calls as "
+        "they are. On a GPU this small "
         "network is bound by kernel launches, so bf16 does not help there, and "
         "`compile=True` only pays off for larger models (its compilation time is reported "
         "separately).",
@@ -723,6 +794,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"4. evaluate / eval_net: {results['eval']['speedup']:.2f}x faster")
         results["compute"] = bench_compute(e, device, cpu)
         print(f"5. compute: {json.dumps(results['compute'])}")
+        results["ablation"] = bench_ablation(max(2, args.repeats // 2), device)
+        print(f"5b. ablation: {json.dumps(results['ablation'])}")
         results["memory_format"] = bench_memory_format(max(2, args.repeats // 2), device)
         print(f"6. memory format: {json.dumps(results['memory_format'])}")
         if device.type == "cuda":
