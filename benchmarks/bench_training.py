@@ -28,6 +28,7 @@ with the undefined ``loss_fn`` defined).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import platform
@@ -37,7 +38,7 @@ import struct
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -251,7 +252,10 @@ def bench_end_to_end(
     accuracy: dict[str, list[float]] = {k: [] for k in per_epoch}
     faults: dict[str, list[float]] = {k: [] for k in per_epoch}
 
-    def count_faults(name: str, before: int | None, n_epochs: int) -> None:
+    @contextlib.contextmanager
+    def counting_faults(name: str, n_epochs: int) -> Iterator[None]:
+        before = minor_page_faults()
+        yield
         after = minor_page_faults()
         if before is not None and after is not None:
             faults[name].append((after - before) / n_epochs)
@@ -262,18 +266,16 @@ def bench_end_to_end(
         net = (notebook_net_as_written() if name == "notebook" else notebook_model()).to(device)
         opt = torch.optim.Adam(net.parameters())
         loader = DataLoader(tv_train, batch_size=BATCH, shuffle=True)
-        before = minor_page_faults()
-        times = [timed(lambda: notebook_train_epoch(net, loader, opt, device), device)[0]
-                 for _ in range(n_epochs)]  # fmt: skip
-        count_faults(name, before, n_epochs)
+        with counting_faults(name, n_epochs):
+            times = [timed(lambda: notebook_train_epoch(net, loader, opt, device), device)[0]
+                     for _ in range(n_epochs)]  # fmt: skip
         per_epoch[name] += times
         accuracy[name].append(eval_net(net, test_loader, device))
 
     def with_fit(name: str, n_epochs: int, **kwargs: Any) -> None:
         model = notebook_model()
-        before = minor_page_faults()
-        history = fit(model, train, epochs=n_epochs, progress=False, device=device, **kwargs)
-        count_faults(name, before, n_epochs)
+        with counting_faults(name, n_epochs):
+            history = fit(model, train, epochs=n_epochs, progress=False, device=device, **kwargs)
         per_epoch[name] += [e["seconds"] for e in history.epochs]
         accuracy[name].append(evaluate(model, test, device=device, **kwargs)["accuracy"])
 
@@ -400,7 +402,11 @@ def ablated(kind: str) -> nn.Module:
     return model
 
 
-ABLATIONS = ("batchnorm", "dropout", "first_maxpool")
+ABLATIONS = {  # kind: how the report names it
+    "batchnorm": "BatchNorm layers",
+    "dropout": "dropout layers",
+    "first_maxpool": "the first max-pool, beyond a strided copy",
+}
 
 
 def bench_ablation(repeats: int, device: torch.device) -> dict[str, Any]:
@@ -586,11 +592,7 @@ def markdown(results: dict[str, Any]) -> str:
         shares = "; ".join(
             f"{label} {100 * ablation['32'][f'{kind}_share']:.0f}% fp32, "
             f"{100 * ablation['bf16'][f'{kind}_share']:.0f}% bf16"
-            for kind, label in (
-                ("batchnorm", "BatchNorm layers"),
-                ("dropout", "dropout layers"),
-                ("first_maxpool", "the first max-pool, beyond a strided copy"),
-            )
+            for kind, label in ABLATIONS.items()
         )
         lines += [
             "",
