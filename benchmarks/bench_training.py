@@ -531,7 +531,7 @@ def markdown(results: dict[str, Any]) -> str:
         values = rounds.get(name)
         if not values or len(values) < 2:
             return ""
-        return f" (rounds {min(values):.2f}x-{max(values):.2f}x)"
+        return f" (rounds {min(values):.3f}x-{max(values):.3f}x)"
 
     lines = [
         f"Measured {env['date']} on **{env['device_name']}** ({env['threads']} threads), "
@@ -549,10 +549,10 @@ def markdown(results: dict[str, Any]) -> str:
         "<= 1.03 |",
         f"| end to end, s/epoch ({e['epochs']} epochs) | notebook {spe['notebook']:.3f} s, "
         f"acc {acc['notebook']:.3f} | `fit` {spe['fit']:.3f} s, acc {acc['fit']:.3f} | "
-        f"**{e['ratio_fit_vs_notebook']:.2f}x**{spread('fit')} | <= 0.6x |",
+        f"**{e['ratio_fit_vs_notebook']:.3f}x**{spread('fit')} | <= 0.6x |",
         f'| end to end, bf16 | notebook {spe["notebook"]:.3f} s | `fit(precision="bf16")` '
         f"{spe['fit_bf16']:.3f} s, acc {acc['fit_bf16']:.3f} | "
-        f"**{e['ratio_fit_bf16_vs_notebook']:.2f}x**{spread('fit_bf16')} "
+        f"**{e['ratio_fit_bf16_vs_notebook']:.3f}x**{spread('fit_bf16')} "
         f"({e['bf16_accuracy_points_vs_fp32']:+.1f} points vs fp32) | <= 0.3x, +-0.5 points |",
     ]
     if "notebook_loop_convkit_net" in spe:  # results recorded before this row existed lack it
@@ -646,7 +646,7 @@ def markdown(results: dict[str, Any]) -> str:
     if rounds:
         per_round = [
             f"{label} {sum(r <= limit for r in rounds[name])} of {len(rounds[name])} "
-            f"({', '.join(f'{r:.2f}x' for r in rounds[name])})"
+            f"({', '.join(f'{r:.3f}x' for r in rounds[name])})"
             for name, label, limit in (("fit", "fit <= 0.6x", 0.6),
                                        ("fit_bf16", "fit bf16 <= 0.3x", 0.3))
         ]  # fmt: skip
@@ -712,11 +712,13 @@ def write_docs(results_dir: Path, docs_path: Path) -> None:
         "fp32, default layout. A reference row runs the same loop on `build_cnn`'s network, "
         "to show how much of the difference is the network module and how much the loop.",
         "",
-        "How to read the targets: the notebook's loop measured here is faster than in the "
-        "first quick measurement the targets were set from (0.85 to 1.1 s per epoch on this "
-        "CPU, run to run, instead of about 1.3 s), so the end-to-end ratios are against a "
-        "stronger baseline; where a target is missed, the table says so (across runs on this "
-        "CPU: `fit` 0.60x to 0.65x, bf16 0.33x to 0.36x). What is left is the kernels' own "
+        "How to read the targets: the notebook's loop measured here is mostly faster than in "
+        "the first quick measurement the targets were set from (0.85 to 1.25 s per epoch on "
+        "this CPU, run to run, instead of about 1.3 s), so the end-to-end ratios are against a "
+        "stronger baseline; where a target is missed, the table says so (across full runs on "
+        "this CPU: `fit` 0.55x to 0.65x, bf16 0.30x to 0.36x; the slower the notebook's loop "
+        "in a run, the lower both ratios, and the line under the table gives each round's "
+        "ratio). What is left is the kernels' own "
         "time: the larger convolution already runs at about the CPU's fp32 peak, and the "
         "ablation line under the CPU table shows what the memory-bound layers around the "
         "convolutions cost (BatchNorm and dropout most; the max-pools little more than the "
