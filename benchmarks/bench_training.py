@@ -536,19 +536,33 @@ LABELS = {
 }
 
 
-OVERHEADS = {  # results key: how the targets name it (fit vs the hand loop, one precision)
-    "overhead": "overhead",
-    "overhead_bf16": "overhead bf16",
+OVERHEADS = {  # results key: (precision, how the targets name it), fit vs the hand loop
+    "overhead": ("32", "overhead"),
+    "overhead_bf16": ("bf16", "overhead bf16"),
+}
+MEMORY_FORMATS = {  # results key: how the table names it
+    "memory_format": "memory format (fit epoch)",
+    "memory_format_large": "memory format, wider CNN (64x64 RGB, 64-128-256 channels)",
 }
 
 
-def overhead_row(o: dict[str, Any]) -> str:
-    bf16 = o.get("precision") == "bf16"  # results recorded before the bf16 pair lack the key
+def overhead_row(precision: str, o: dict[str, Any]) -> str:
+    bf16 = precision == "bf16"
     args = "metrics=(), nan_guard=False" + (', precision="bf16"' if bf16 else "")
     return (
         f"| framework overhead, one epoch{', bf16' if bf16 else ''} | hand-written loop "
         f"{o['hand_s']:.3f} s | `fit({args})` {o['fit_s']:.3f} s | **{o['ratio']:.3f}** "
         f"(median of back-to-back pairs; loss diff {o['loss_abs_diff']:.1e}) | <= 1.03 |"
+    )
+
+
+def memory_format_row(label: str, mf: dict[str, Any]) -> str:
+    s = mf["seconds_per_epoch"]
+    return (
+        f"| {label} | contiguous {s['contiguous/32']:.3f} s fp32, {s['contiguous/bf16']:.3f} s "
+        f"bf16 | channels_last {s['channels_last/32']:.3f} s fp32, {s['channels_last/bf16']:.3f} "
+        f"s bf16 | **{mf['channels_last_speedup_fp32']:.2f}x** fp32, "
+        f"**{mf['channels_last_speedup_bf16']:.2f}x** bf16 faster | - |"
     )
 
 
@@ -572,7 +586,11 @@ def markdown(results: dict[str, Any]) -> str:
         "| --- | --- | --- | --- | --- |",
         f"| data path, one epoch | DataLoader + ToTensor {d['notebook_s'] * 1e3:.1f} ms | "
         f"tensor path {d['convkit_s'] * 1e3:.2f} ms | **{d['speedup']:.0f}x faster** | >= 50x |",
-        *(overhead_row(results[key]) for key in OVERHEADS if key in results),
+        *(
+            overhead_row(precision, results[key])
+            for key, (precision, _) in OVERHEADS.items()
+            if key in results  # results recorded before the bf16 pair lack it
+        ),
         f"| end to end, s/epoch ({e['epochs']} epochs) | notebook {spe['notebook']:.3f} s, "
         f"acc {acc['notebook']:.3f} | `fit` {spe['fit']:.3f} s, acc {acc['fit']:.3f} | "
         f"**{e['ratio_fit_vs_notebook']:.3f}x**{spread('fit')} | <= 0.6x |",
@@ -594,26 +612,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"`evaluate` {ev['evaluate_images_per_s']:.0f} img/s | **{ev['speedup']:.2f}x faster** |"
         " - |",
     ]
-    mf = results.get("memory_format")
-    if mf:
-        s = mf["seconds_per_epoch"]
-        lines.append(
-            f"| memory format (fit epoch) | contiguous {s['contiguous/32']:.3f} s fp32, "
-            f"{s['contiguous/bf16']:.3f} s bf16 | channels_last "
-            f"{s['channels_last/32']:.3f} s fp32, "
-            f"{s['channels_last/bf16']:.3f} s bf16 | **{mf['channels_last_speedup_fp32']:.2f}x** "
-            f"fp32, **{mf['channels_last_speedup_bf16']:.2f}x** bf16 faster | - |"
-        )
-    large = results.get("memory_format_large")
-    if large:
-        s = large["seconds_per_epoch"]
-        lines.append(
-            f"| memory format, wider CNN (64x64 RGB, 64-128-256 channels) | contiguous "
-            f"{s['contiguous/32']:.3f} s fp32, {s['contiguous/bf16']:.3f} s bf16 | channels_last "
-            f"{s['channels_last/32']:.3f} s fp32, {s['channels_last/bf16']:.3f} s bf16 | "
-            f"**{large['channels_last_speedup_fp32']:.2f}x** fp32, "
-            f"**{large['channels_last_speedup_bf16']:.2f}x** bf16 faster | - |"
-        )
+    for key, label in MEMORY_FORMATS.items():
+        if key in results:  # the wider CNN is measured on GPU runs only
+            lines.append(memory_format_row(label, results[key]))
     comp = results.get("compile")
     if comp:
         lines.append(
@@ -658,7 +659,7 @@ def markdown(results: dict[str, Any]) -> str:
         "data path >= 50x": d["speedup"] >= 50,
         **{
             check: ok
-            for key, label in OVERHEADS.items()
+            for key, (_, label) in OVERHEADS.items()
             if key in results
             for check, ok in (
                 (f"{label} <= 1.03", results[key]["ratio"] <= 1.03),
@@ -700,12 +701,13 @@ def chart(results: dict[str, Any], path: Path) -> None:
     from matplotlib.figure import Figure
 
     e, d = results["e2e"], results["data"]
-    bars_ = [
-        ("data path\n(convkit / notebook)", 1 / d["speedup"], "#4c72b0"),
-        ("fit / hand loop", results["overhead"]["ratio"], "#55a868"),
-    ]
-    if "overhead_bf16" in results:  # results recorded before the bf16 pair lack it
-        bars_.append(("fit bf16 / hand loop bf16", results["overhead_bf16"]["ratio"], "#8c8c3c"))
+    overhead_colors = {"32": "#55a868", "bf16": "#8c8c3c"}
+    bars_ = [("data path\n(convkit / notebook)", 1 / d["speedup"], "#4c72b0")]
+    for key, (precision, _) in OVERHEADS.items():
+        if key in results:  # results recorded before the bf16 pair lack it
+            p = "" if precision == "32" else f" {precision}"
+            bars_.append((f"fit{p} / hand loop{p}", results[key]["ratio"],
+                          overhead_colors[precision]))  # fmt: skip
     bars_ += [
         ("fit / notebook", e["ratio_fit_vs_notebook"], "#c44e52"),
         ("fit bf16 / notebook", e["ratio_fit_bf16_vs_notebook"], "#8172b2"),
@@ -860,7 +862,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results: dict[str, Any] = {"env": env}
         results["data"] = bench_data_path(tv_train, args.repeats, device)
         print(f"1. data path: {results['data']['speedup']:.0f}x faster")
-        for key, precision in (("overhead", "32"), ("overhead_bf16", "bf16")):
+        for key, (precision, _) in OVERHEADS.items():
             results[key] = o = bench_overhead(args.repeats, device, precision)
             print(f"2. fit / hand loop, precision {precision}: {o['ratio']:.3f} "
                   f"(loss diff {o['loss_abs_diff']:.1e})")  # fmt: skip
