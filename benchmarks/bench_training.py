@@ -758,7 +758,7 @@ def write_docs(results_dir: Path, docs_path: Path) -> None:
         "the first quick measurement the targets were set from (0.85 to 1.25 s per epoch on "
         "this CPU, run to run, instead of about 1.3 s), so the end-to-end ratios are against a "
         "stronger baseline; where a target is missed, the table says so (across full runs on "
-        "this CPU: `fit` 0.55x to 0.65x, bf16 0.30x to 0.36x; the slower the notebook's loop "
+        "this CPU: `fit` 0.53x to 0.65x, bf16 0.30x to 0.36x; the slower the notebook's loop "
         "in a run, the lower both ratios, and the line under the table gives each round's "
         "ratio). `fit` matches a hand-written loop with the same settings in fp32 and in "
         "bf16 alike (the two overhead rows), so what is left is the kernels' own "
