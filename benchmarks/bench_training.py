@@ -103,11 +103,15 @@ def alternate(
     for fn in runs.values():
         fn()
     times: dict[str, list[float]] = {name: [] for name in runs}
-    names = list(runs)
-    for repeat in range(repeats):
-        for name in names if repeat % 2 == 0 else reversed(names):
-            times[name].append(timed(runs[name], device)[0])
+    for name in alternating(list(runs), repeats):
+        times[name].append(timed(runs[name], device)[0])
     return times
+
+
+def alternating(names: list[str], repeats: int) -> Iterator[str]:
+    """``names`` in order, then reversed, and so on: ``repeats`` passes in all."""
+    for repeat in range(repeats):
+        yield from names if repeat % 2 == 0 else reversed(names)
 
 
 def paired_ratio(times: dict[str, list[float]], baseline: str, contender: str) -> float:
@@ -363,10 +367,8 @@ def bench_memory_format(repeats: int, device: torch.device) -> dict[str, Any]:
 
             runs[f"{fmt}/{precision}"] = run
     seconds: dict[str, list[float]] = {name: [] for name in runs}
-    for repeat in range(repeats):
-        names = list(runs) if repeat % 2 == 0 else list(reversed(runs))
-        for name in names:
-            seconds[name].append(runs[name]())
+    for name in alternating(list(runs), repeats):  # the order flips as in `alternate`
+        seconds[name].append(runs[name]())
     med = {name: statistics.median(v) for name, v in seconds.items()}
     return {
         "seconds_per_epoch": med,
