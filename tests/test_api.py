@@ -11,6 +11,7 @@ PUBLIC = {
     "checkpoints", "load_checkpoint", "load_model", "save_checkpoint",
     "CNN", "ConvBlock", "Flatten", "History", "MLPHead", "available_devices", "build_cnn",
     "datasets", "evaluate", "fit", "mnist", "mnist_sample", "predict", "resolve_device", "shapes",
+    "DescribedModel", "NonFiniteLossError",
 }  # fmt: skip
 
 
@@ -82,6 +83,7 @@ def test_signatures_are_the_documented_ones() -> None:
         "epochs": 10,
         "val_data": None,
         "batch_size": 128,
+        "drop_last": None,
         "optimizer": "adam",
         "lr": 1e-3,
         "weight_decay": 0.0,
@@ -96,6 +98,7 @@ def test_signatures_are_the_documented_ones() -> None:
         "data_on_device": None,
         "callbacks": (),
         "scheduler": None,
+        "scheduler_interval": None,
         "grad_clip": None,
         "resume_from": None,
         "nan_guard": True,

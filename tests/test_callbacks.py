@@ -11,6 +11,7 @@ from convkit import (
     CSVLogger,
     EarlyStopping,
     ModelCheckpoint,
+    NonFiniteLossError,
     build_cnn,
     fit,
     load_checkpoint,
@@ -187,9 +188,11 @@ def test_nan_loss_stops_before_the_step(small_data) -> None:
     model = tiny_cnn()
     data = _NanOnSecondEpoch(*small_data)
     with pytest.raises(
-        FloatingPointError, match=r"loss is nan at epoch 2, batch 0.*before the optimizer"
+        NonFiniteLossError, match=r"loss is nan at epoch 2, batch 1.*before the optimizer"
     ) as info:
         fit(model, data, epochs=3, batch_size=100, progress=False, device="cpu")
+    assert isinstance(info.value, FloatingPointError)
+    assert (info.value.epoch, info.value.batch) == (2, 1)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert len(info.value.history) == 1  # epoch 1 was kept
     assert torch.isfinite(torch.tensor(info.value.history["loss"])).all()

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from convkit._data import LoaderBatches, TensorBatches, make_batches
+from convkit._data import Batching, LoaderBatches, TensorBatches, make_batches
 
 
 @pytest.mark.parametrize("batch_size", [32, 50, 300, 512])
@@ -17,9 +17,9 @@ def test_tensor_batches_equal_dataloader_batches(
     inputs, targets = small_data
     tensor_gen, loader_gen = torch.Generator().manual_seed(123), torch.Generator().manual_seed(123)
     ours = make_batches(
-        (inputs, targets), name="data", batch_size=batch_size, shuffle=shuffle,
+        (inputs, targets), Batching(name="data", batch_size=batch_size, shuffle=shuffle,
         generator=tensor_gen, device=torch.device("cpu"), need_targets=True,
-    )  # fmt: skip
+    ))  # fmt: skip
     assert isinstance(ours, TensorBatches)
     loader = DataLoader(
         TensorDataset(inputs, targets), batch_size=batch_size, shuffle=shuffle, generator=loader_gen
@@ -42,9 +42,9 @@ def test_tensor_path_does_no_per_sample_getitem(small_data) -> None:
             return super().__getitem__(index)
 
     batches = make_batches(
-        Counting(*small_data), name="data", batch_size=64, shuffle=True,
+        Counting(*small_data), Batching(name="data", batch_size=64, shuffle=True,
         generator=torch.Generator().manual_seed(0), device=torch.device("cpu"), need_targets=True,
-    )  # fmt: skip
+    ))  # fmt: skip
     assert sum(b.inputs.shape[0] for b in batches) == 300
     assert Counting.calls == 0
 
@@ -58,18 +58,18 @@ def test_other_datasets_go_through_a_dataloader(small_data) -> None:
             return small_data[0][i], small_data[1][i]
 
     batches = make_batches(
-        Plain(), name="data", batch_size=4, shuffle=False,
+        Plain(), Batching(name="data", batch_size=4, shuffle=False,
         generator=torch.Generator(), device=torch.device("cpu"), need_targets=True,
-    )  # fmt: skip
+    ))  # fmt: skip
     assert isinstance(batches, LoaderBatches)
     assert [b.inputs.shape[0] for b in batches] == [4, 4, 2]
 
 
 def test_channels_last_data_is_converted_once(small_data) -> None:
     batches = make_batches(
-        small_data, name="data", batch_size=64, shuffle=True, generator=torch.Generator(),
+        small_data, Batching(name="data", batch_size=64, shuffle=True, generator=torch.Generator(),
         device=torch.device("cpu"), need_targets=True, memory_format=torch.channels_last,
-    )  # fmt: skip
+    ))  # fmt: skip
     assert batches.inputs.is_contiguous(memory_format=torch.channels_last)
     first = next(iter(batches))
     assert first.inputs.is_contiguous(memory_format=torch.channels_last)

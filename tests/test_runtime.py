@@ -149,11 +149,9 @@ def test_sync_batchnorm_needs_cuda(small_data) -> None:
 
 
 def test_sync_batchnorm_conversion_replaces_every_batchnorm() -> None:
-    from convkit.training import _convert_sync_batchnorm
-
     model = build_cnn((1, 28, 28), 10, channels=(4, 8), hidden=(16,), head_norm="batch")
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    _convert_sync_batchnorm(model)
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     kinds = [type(m) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     assert kinds == [nn.SyncBatchNorm] * 3
     after = model.state_dict()

@@ -212,12 +212,12 @@ def test_named_optimizers_are_fused_and_train_like_the_plain_ones(name, cls, sma
 
 
 def test_named_optimizer_is_not_fused_where_torch_has_no_kernel() -> None:
-    from convkit.training import _named_optimizer
+    from convkit._optim import named_optimizer
 
     params = [nn.Parameter(torch.zeros(3, dtype=torch.complex64))]
-    assert not _named_optimizer("adam", params, 1e-3, 0.0).param_groups[0]["fused"]
+    assert not named_optimizer("adam", params, 1e-3, 0.0).param_groups[0]["fused"]
     params = [nn.Parameter(torch.zeros(3))]
-    assert _named_optimizer("adam", params, 1e-3, 0.0).param_groups[0]["fused"]
+    assert named_optimizer("adam", params, 1e-3, 0.0).param_groups[0]["fused"]
 
 
 def test_sgd_has_momentum_and_instance_is_used(small_data) -> None:
@@ -291,7 +291,7 @@ def test_history_record_and_serialisation(small_data) -> None:
     history = fit(tiny_cnn(), small_data, epochs=2, progress=False, device="cpu", seed=11)
     assert history.seed == 11 and history.device == "cpu"
     assert [e["epoch"] for e in history.epochs] == [1, 2]
-    assert set(history.epochs[0]) == {"epoch", "metrics", "seconds"}
+    assert set(history.epochs[0]) == {"epoch", "metrics", "seconds", "lr"}
     data = json.loads(json.dumps(history.to_dict()))
     assert data["history"]["loss"] == history["loss"]
     with pytest.raises(KeyError, match=r"val_loss.*recorded: loss, accuracy"):

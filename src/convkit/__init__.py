@@ -7,6 +7,8 @@ Blocks ([`ConvBlock`][convkit.ConvBlock], [`Flatten`][convkit.Flatten],
 """
 
 from . import callbacks, checkpoints, datasets, shapes
+from ._loop import NonFiniteLossError
+from ._typing import DescribedModel
 from .blocks import ConvBlock, Flatten
 from .callbacks import Callback, CSVLogger, EarlyStopping, ModelCheckpoint, TrainState
 from .checkpoints import load_checkpoint, load_model, save_checkpoint
@@ -14,7 +16,8 @@ from .datasets import mnist, mnist_sample
 from .devices import available_devices, resolve_device
 from .factory import CNN, build_cnn
 from .heads import MLPHead
-from .training import History, evaluate, fit, predict
+from .history import History
+from .training import evaluate, fit, predict
 
 __version__ = "0.1.0"
 
@@ -23,11 +26,13 @@ __all__ = [
     "CSVLogger",
     "Callback",
     "ConvBlock",
+    "DescribedModel",
     "EarlyStopping",
     "Flatten",
     "History",
     "MLPHead",
     "ModelCheckpoint",
+    "NonFiniteLossError",
     "TrainState",
     "available_devices",
     "build_cnn",

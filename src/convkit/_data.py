@@ -37,6 +37,40 @@ Shard = tuple[int, int]
 DataCheck = Callable[[torch.Tensor, "torch.Tensor | None"], None]
 
 
+@dataclass(frozen=True)
+class Batching:
+    """How one data argument (``train_data``, ``val_data``, ``data``) is batched.
+
+    Attributes:
+        name: The argument's name, for error messages.
+        batch_size: Samples per batch (data that isn't a ``DataLoader`` already).
+        shuffle: Reshuffle every epoch (training).
+        generator: The generator that shuffles.
+        device: Where batches go.
+        need_targets: Refuse data without targets.
+        check: Called on host data before it moves (whole tensors once, or each
+            loader batch).
+        on_device: Move in-memory data to the device once (``None``: when it fits).
+        memory_format: The layout batches are given.
+        shard: ``(rank, world_size)`` in a distributed run.
+        seed: The distributed sampler's seed.
+        drop_last: Drop the last batch when it is smaller than ``batch_size``.
+    """
+
+    name: str
+    batch_size: int
+    shuffle: bool
+    generator: torch.Generator
+    device: torch.device
+    need_targets: bool
+    check: DataCheck | None = None
+    on_device: bool | None = None
+    memory_format: torch.memory_format = torch.contiguous_format
+    shard: Shard | None = None
+    seed: int = 0
+    drop_last: bool = False
+
+
 @dataclass
 class Batch:
     inputs: torch.Tensor
@@ -60,24 +94,13 @@ def _fits_on(device: torch.device, nbytes: int) -> bool:
 class TensorBatches:
     """Batches of in-memory tensors by index-slicing (optionally shuffled)."""
 
-    def __init__(
-        self,
-        inputs: torch.Tensor,
-        targets: torch.Tensor | None,
-        *,
-        batch_size: int,
-        shuffle: bool,
-        generator: torch.Generator,
-        device: torch.device,
-        check: DataCheck | None = None,
-        on_device: bool | None = None,
-        memory_format: torch.memory_format = torch.contiguous_format,
-        shard: Shard | None = None,
-        seed: int = 0,
-    ) -> None:
-        if check is not None:
-            check(inputs, targets)
-        self.shard, self.seed, self.epoch = shard, seed, 0
+    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor | None, spec: Batching) -> None:
+        device, memory_format = spec.device, spec.memory_format
+        if spec.check is not None:
+            spec.check(inputs, targets)
+        self.shard, self.seed, self.epoch = spec.shard, spec.seed, 0
+        self.drop_last = spec.drop_last
+        on_device = spec.on_device
         nbytes = inputs.nbytes + (targets.nbytes if targets is not None else 0)
         self.on_device = _fits_on(device, nbytes) if on_device is None else on_device
         if inputs.dim() == 4 and memory_format is torch.channels_last:
@@ -90,14 +113,16 @@ class TensorBatches:
             inputs = inputs.pin_memory()
             targets = targets.pin_memory() if targets is not None else None
         self.inputs, self.targets = inputs, targets
-        self.batch_size, self.shuffle = batch_size, shuffle
-        self.generator, self.device = generator, device
+        self.batch_size, self.shuffle = spec.batch_size, spec.shuffle
+        self.generator, self.device = spec.generator, device
 
     @property
     def num_samples(self) -> int:
         return len(self._shard_indices()) if self.shard else int(self.inputs.shape[0])
 
     def __len__(self) -> int:
+        if self.drop_last:
+            return self.num_samples // self.batch_size
         return -(-self.num_samples // self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
@@ -130,7 +155,8 @@ class TensorBatches:
         elif self.shuffle:
             _draw_base_seed(self.generator)
             order = torch.randperm(n, generator=self.generator).to(self.inputs.device)
-        for start in range(0, n, size):
+        end = n - n % size if self.drop_last else n
+        for start in range(0, end, size):
             index = slice(start, start + size) if order is None else order[start : start + size]
             targets = self.targets[index] if self.targets is not None else None
             yield Batch(
@@ -146,15 +172,8 @@ class TensorBatches:
 class LoaderBatches:
     """Batches from a ``DataLoader``, split into inputs and targets and moved to the device."""
 
-    def __init__(
-        self,
-        loader: DataLoader[Any],
-        *,
-        name: str,
-        device: torch.device,
-        check: DataCheck | None = None,
-    ) -> None:
-        self.loader, self.name, self.device, self.check = loader, name, device, check
+    def __init__(self, loader: DataLoader[Any], spec: Batching) -> None:
+        self.loader, self.name, self.device, self.check = loader, spec.name, spec.device, spec.check
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -239,26 +258,13 @@ def _tensor_pair(data: Any) -> tuple[torch.Tensor, torch.Tensor | None] | None:
     return tensors[0], (tensors[1] if len(tensors) == 2 else None)
 
 
-def make_batches(
-    data: Any,
-    *,
-    name: str,
-    batch_size: int,
-    shuffle: bool,
-    generator: torch.Generator,
-    device: torch.device,
-    need_targets: bool,
-    check: DataCheck | None = None,
-    on_device: bool | None = None,
-    memory_format: torch.memory_format = torch.contiguous_format,
-    shard: Shard | None = None,
-    seed: int = 0,
-) -> TensorBatches | LoaderBatches:
+def make_batches(data: Any, spec: Batching) -> TensorBatches | LoaderBatches:
     """Pick the batching path for ``data`` and check it isn't empty or malformed."""
+    name, shard, shuffle, seed = spec.name, spec.shard, spec.shuffle, spec.seed
     pair = _tensor_pair(data)
     if pair is not None:
         inputs, targets = pair
-        if need_targets and targets is None:
+        if spec.need_targets and targets is None:
             raise ValueError(
                 f"Invalid value for argument `{name}`: it holds inputs but no targets. Pass an "
                 "(inputs, targets) pair, a TensorDataset of both, or a DataLoader of pairs."
@@ -273,19 +279,7 @@ def make_batches(
                 f"Invalid value for argument `{name}`: {inputs.shape[0]} inputs but targets of "
                 f"shape {tuple(targets.shape)}. Inputs and targets need the same first dimension."
             )
-        return TensorBatches(
-            inputs,
-            targets,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            generator=generator,
-            device=device,
-            check=check,
-            on_device=on_device,
-            memory_format=memory_format,
-            shard=shard,
-            seed=seed,
-        )
+        return TensorBatches(inputs, targets, spec)
     if isinstance(data, DataLoader):
         loader = data
         if shard is not None and not isinstance(loader.sampler, DistributedSampler):
@@ -294,10 +288,11 @@ def make_batches(
         is_iterable = isinstance(data, IterableDataset)
         loader = DataLoader(
             data,
-            batch_size=batch_size,
+            batch_size=spec.batch_size,
             shuffle=shuffle and not is_iterable,
-            generator=generator,
-            pin_memory=device.type == "cuda",
+            generator=spec.generator,
+            pin_memory=spec.device.type == "cuda",
+            drop_last=spec.drop_last,
         )
         if shard is not None and not is_iterable:
             loader = _shard_loader(loader, shard, shuffle=shuffle, seed=seed)
@@ -310,4 +305,4 @@ def make_batches(
         raise ValueError(
             f"Invalid value for argument `{name}`: the dataset is empty. Pass at least one sample."
         )
-    return LoaderBatches(loader, name=name, device=device, check=check)
+    return LoaderBatches(loader, spec)

@@ -24,6 +24,7 @@ class DistContext:
     rank: int
     world_size: int
     local_rank: int
+    created: bool = False  # whether fit initialised the process group (and so owns it)
 
     @property
     def is_main(self) -> bool:
@@ -47,18 +48,26 @@ def setup() -> DistContext | None:
             "torch.distributed support."
         )
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if not dist.is_initialized():
+    created = not dist.is_initialized()
+    if created:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend)
-    return DistContext(dist.get_rank(), dist.get_world_size(), local_rank)
+    return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, created)
 
 
-def device_for(ctx: DistContext) -> torch.device:
-    """The device ``device="auto"`` means on this rank: its GPU, or the CPU."""
+def teardown(ctx: DistContext | None) -> None:
+    """Destroy the process group if ``setup`` created it (after a failed set-up)."""
+    if ctx is not None and ctx.created and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def auto_device() -> torch.device:
+    """The device ``device="auto"`` means on this rank of a launch: its GPU, or the CPU."""
     if torch.cuda.is_available():
-        return torch.device("cuda", ctx.local_rank % torch.cuda.device_count())
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
     return torch.device("cpu")
 
 

@@ -1,9 +1,6 @@
 """How a loop runs on its device: numeric precision and memory format.
 
-Both are the levers measured in ``benchmarks/`` (results in ``benchmarks/results/``): on
-a 2-core x86 CPU the teaching notebook's CNN trains about 1.3x faster in
-``channels_last`` than in the default layout, about 1.3x faster under bf16 autocast,
-and about 2.4x with both.
+Both are levers measured in ``benchmarks/`` (see the Performance page for the figures).
 """
 
 from __future__ import annotations
@@ -27,7 +24,15 @@ MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 
 def check_precision(precision: Any, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``precision`` on ``device`` (``None``: plain float32)."""
-    if not isinstance(precision, str) or precision not in PRECISIONS:
+    if isinstance(precision, int) and not isinstance(precision, bool) and precision in (16, 32):
+        precision = "32" if precision == 32 else "16-mixed"  # Lightning's int spellings
+    if not isinstance(precision, (str, int)) or isinstance(precision, bool):
+        raise TypeError(
+            "Invalid type for argument `precision`. Expected '32' (float32), 'bf16' "
+            "(bfloat16 autocast) or '16-mixed' (float16 autocast with loss scaling, CUDA "
+            f"only). Received precision={precision!r} of type {type(precision).__name__}."
+        )
+    if precision not in PRECISIONS:
         raise ValueError(
             "Invalid value for argument `precision`. Expected '32' (float32), 'bf16' "
             "(bfloat16 autocast) or '16-mixed' (float16 autocast with loss scaling, CUDA "
@@ -100,7 +105,10 @@ class Runtime:
             return inputs.contiguous(memory_format=torch.channels_last)
         return inputs
 
-    def place(self, model: nn.Module) -> None:
-        """Move the model to the device and memory format (in place, like ``model.to``)."""
+    def place(self, model: nn.Module, *, memory_format: bool = True) -> None:
+        """Move the model to the device (in place, like ``model.to``), and to the memory
+        format too unless ``memory_format=False`` (inference keeps the model's layout and
+        formats only the inputs)."""
         model.to(self.device)
-        model.to(memory_format=self.memory_format)
+        if memory_format:
+            model.to(memory_format=self.memory_format)

@@ -7,14 +7,19 @@ how to fix it.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
+
+from torch import nn
 
 
 def check_positive_int(name: str, value: Any, *, allow_zero: bool = False) -> int:
     """Return ``value`` if it is a (strictly) positive ``int``, else raise."""
-    # bool is an int subclass; ``channels=True`` is always a mistake.
-    if isinstance(value, bool) or not isinstance(value, int):
+    # bool is an int subclass; ``channels=True`` is always a mistake. NumPy integers
+    # (``np.int64(2)``) are Integral and mean what they say.
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(
             f"Invalid type for argument `{name}`. Expected an int. "
             f"Received {name}={value!r} of type {type(value).__name__}."
@@ -24,7 +29,7 @@ def check_positive_int(name: str, value: Any, *, allow_zero: bool = False) -> in
         raise ValueError(
             f"Invalid value for argument `{name}`. Expected {bound} int. Received {name}={value!r}."
         )
-    return value
+    return int(value)
 
 
 def check_int_or_pair(name: str, value: Any, *, allow_zero: bool = False) -> tuple[int, int]:
@@ -87,7 +92,7 @@ def check_probability(name: str, value: Any) -> float:
 
 def check_non_negative_float(name: str, value: Any, *, strict: bool = False) -> float:
     """Return ``value`` as a float that is >= 0 (> 0 when ``strict``), else raise."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(
             f"Invalid type for argument `{name}`. Expected a number. "
             f"Received {name}={value!r} of type {type(value).__name__}."
@@ -128,3 +133,76 @@ def parse_order(name: str, order: Any, stages: Sequence[str], required: str) -> 
             f"Received {name}={order!r}; for example {'-'.join(stages)!r}."
         )
     return parts
+
+
+def check_finite_float(name: str, value: Any, *, strict: bool = False) -> float:
+    """Like ``check_non_negative_float``, and also refuse ``inf``."""
+    number = check_non_negative_float(name, value, strict=strict)
+    if not math.isfinite(number):
+        raise ValueError(
+            f"Invalid value for argument `{name}`. Expected a finite number; {name}={value!r} "
+            "would make every weight NaN after the first step."
+        )
+    return number
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """Return ``value`` if it is ``True`` or ``False``, else raise ``TypeError``."""
+    if not isinstance(value, bool):
+        raise TypeError(
+            f"Invalid type for argument `{name}`. Expected True or False. "
+            f"Received {name}={value!r}."
+        )
+    return value
+
+
+def check_optional_bool(name: str, value: Any, none_means: str) -> bool | None:
+    """Return ``value`` if it is ``None``, ``True`` or ``False``, else raise ``TypeError``."""
+    if value is not None and not isinstance(value, bool):
+        raise TypeError(
+            f"Invalid type for argument `{name}`. Expected None ({none_means}), True or False. "
+            f"Received {name}={value!r}."
+        )
+    return value
+
+
+def check_seed(value: Any) -> int | None:
+    """Return ``seed`` as an int in ``[0, 2**32)`` (what NumPy's seeding takes), or ``None``."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(
+            "Invalid type for argument `seed`. Expected None or an int in [0, 2**32). "
+            f"Received seed={value!r} of type {type(value).__name__}."
+        )
+    number = int(value)
+    if not 0 <= number < 2**32:
+        raise ValueError(
+            "Invalid value for argument `seed`. Expected an int in [0, 2**32). "
+            f"Received seed={value!r}."
+        )
+    return number
+
+
+def check_module(name: str, value: Any) -> None:
+    """Raise ``TypeError`` unless ``value`` is a ``torch.nn.Module``."""
+    if not isinstance(value, nn.Module):
+        raise TypeError(
+            f"Invalid type for argument `{name}`. Expected a torch.nn.Module. "
+            f"Received {type(value).__name__}."
+        )
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    """Return ``value`` if it is one of the string ``choices``, else raise."""
+    if not isinstance(value, str):
+        raise TypeError(
+            f"Invalid type for argument `{name}`. Expected one of "
+            f"{', '.join(map(repr, choices))}. Received {name}={value!r}."
+        )
+    if value not in choices:
+        raise ValueError(
+            f"Invalid value for argument `{name}`. Expected one of "
+            f"{', '.join(map(repr, choices))}. Received {name}={value!r}."
+        )
+    return value

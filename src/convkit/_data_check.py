@@ -1,0 +1,57 @@
+"""Checks of inputs and targets against the model, before they reach it."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._probe import infer_output_shape
+from ._typing import model_input_shape, model_num_classes
+
+
+class DataCheck:
+    """Checks inputs and targets against the model before they reach it.
+
+    Reads the model's optional ``input_shape``/``num_classes`` (see
+    [`DescribedModel`][convkit.DescribedModel]). Runs on whole tensors once (in-memory
+    data) or on each batch while it's still on the host (``DataLoader`` data), so it
+    never forces a device sync.
+    """
+
+    def __init__(self, model: nn.Module, name: str) -> None:
+        self.model, self.name = model, name
+        self.input_shape = model_input_shape(model)
+        self.num_classes = model_num_classes(model)
+        self._probed = self.num_classes is not None
+
+    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor | None) -> None:
+        if not inputs.is_floating_point():
+            raise TypeError(
+                f"Invalid data in `{self.name}`: inputs have dtype {inputs.dtype}; the model "
+                "needs floating-point inputs. Convert them, e.g. images.float() / 255."
+            )
+        if self.input_shape is not None and tuple(inputs.shape[1:]) != self.input_shape:
+            raise ValueError(
+                f"Invalid data in `{self.name}`: inputs of shape {tuple(inputs.shape)} don't match "
+                f"the model's input_shape {self.input_shape}; expected (N, "
+                f"{', '.join(map(str, self.input_shape))}). Reshape the data or build the model "
+                f"for input_shape={tuple(inputs.shape[1:])}."
+            )
+        if targets is None or targets.is_floating_point() or targets.dim() != 1:
+            return
+        if not self._probed:
+            # Models without a num_classes attribute: one dry run (eval mode, no_grad,
+            # modes restored) to read the number of outputs.
+            self._probed = True
+            out = infer_output_shape(self.model, tuple(inputs.shape[1:]))
+            self.num_classes = out[0] if len(out) == 1 else None
+        if self.num_classes is None or targets.numel() == 0:
+            return
+        low, high = (int(v) for v in torch.aminmax(targets))
+        if low < 0 or high >= self.num_classes:
+            bad = low if low < 0 else high
+            raise ValueError(
+                f"Invalid data in `{self.name}`: target {bad} is outside [0, {self.num_classes}) "
+                f"for a model with {self.num_classes} outputs. Targets must be class indices "
+                f"0..{self.num_classes - 1}; build the model with more classes or fix the labels."
+            )
