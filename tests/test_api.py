@@ -10,6 +10,7 @@ PUBLIC = {
     "CSVLogger", "Callback", "EarlyStopping", "ModelCheckpoint", "TrainState", "callbacks",
     "checkpoints", "load_checkpoint", "load_model", "save_checkpoint",
     "CNN", "ConvBlock", "Flatten", "History", "MLPHead", "available_devices", "build_cnn",
+    "DropPath", "ResidualBlock", "SeparableConv", "SqueezeExcite", "init_weights",
     "datasets", "evaluate", "fit", "mnist", "mnist_sample", "predict", "resolve_device", "shapes",
     "DescribedModel", "NonFiniteLossError",
 }  # fmt: skip
@@ -76,6 +77,41 @@ def test_signatures_are_the_documented_ones() -> None:
         ("head_dropout", kw, 0.0),
         ("features", kw, None),
     ]
+    assert _params(convkit.ResidualBlock) == [
+        ("in_channels", pos, inspect.Parameter.empty),
+        ("out_channels", pos, inspect.Parameter.empty),
+        ("kernel_size", pos, 3),
+        ("stride", kw, 1),
+        ("bottleneck", kw, False),
+        ("expansion", kw, None),
+        ("norm", kw, "batch"),
+        ("act", kw, "relu"),
+        ("preact", kw, False),
+        ("shortcut", kw, "conv"),
+        ("se_reduction", kw, None),
+        ("drop_path", kw, 0.0),
+        ("init", kw, "torch"),
+    ]
+    assert _params(convkit.SeparableConv)[2:] == [
+        ("kernel_size", pos, 3),
+        ("stride", kw, 1),
+        ("padding", kw, "same"),
+        ("dilation", kw, 1),
+        ("depth_multiplier", kw, 1),
+        ("bias", kw, None),
+        ("norm", kw, "batch"),
+        ("act", kw, "relu"),
+        ("depthwise_norm", kw, "batch"),
+        ("depthwise_act", kw, "relu"),
+    ]
+    assert _params(convkit.SqueezeExcite) == [
+        ("channels", pos, inspect.Parameter.empty),
+        ("reduction", kw, 16),
+        ("squeeze_channels", kw, None),
+        ("act", kw, "relu"),
+        ("gate", kw, "sigmoid"),
+    ]
+    assert _params(convkit.DropPath) == [("p", pos, 0.0), ("mode", kw, "row")]
     fit_params = {n: d for n, _, d in _params(convkit.fit)}
     assert fit_params == {
         "model": inspect.Parameter.empty,

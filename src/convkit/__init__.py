@@ -14,9 +14,14 @@ from .callbacks import Callback, CSVLogger, EarlyStopping, ModelCheckpoint, Trai
 from .checkpoints import load_checkpoint, load_model, save_checkpoint
 from .datasets import mnist, mnist_sample
 from .devices import available_devices, resolve_device
+from .drop_path import DropPath
 from .factory import CNN, build_cnn
 from .heads import MLPHead
 from .history import History
+from .init import init_weights
+from .residual import ResidualBlock
+from .separable import SeparableConv
+from .squeeze_excite import SqueezeExcite
 from .training import evaluate, fit, predict
 
 __version__ = "0.1.0"
@@ -27,12 +32,16 @@ __all__ = [
     "Callback",
     "ConvBlock",
     "DescribedModel",
+    "DropPath",
     "EarlyStopping",
     "Flatten",
     "History",
     "MLPHead",
     "ModelCheckpoint",
     "NonFiniteLossError",
+    "ResidualBlock",
+    "SeparableConv",
+    "SqueezeExcite",
     "TrainState",
     "available_devices",
     "build_cnn",
@@ -41,6 +50,7 @@ __all__ = [
     "datasets",
     "evaluate",
     "fit",
+    "init_weights",
     "load_checkpoint",
     "load_model",
     "mnist",
