@@ -2,8 +2,8 @@
 
 In-memory tensors (an ``(inputs, targets)`` pair, a ``TensorDataset``, convkit's
 datasets) are batched by index-slicing, on the target device when they fit there: no
-per-sample ``__getitem__`` and no collate, which the teaching notebook's
-``DataLoader`` + ``ToTensor`` pays for on every sample of every epoch. Shuffling draws
+per-sample ``__getitem__`` and no collate, which a ``DataLoader`` over a ``Dataset``
+pays for on every sample of every epoch. Shuffling draws
 from the same generator in the same way as ``DataLoader(shuffle=True, generator=g)``,
 so both paths give the same batches for the same seed. Anything else goes through a
 ``DataLoader``.

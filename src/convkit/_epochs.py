@@ -8,7 +8,9 @@ the model, optimizer and scheduler all stand after the same batch, and the callb
 from __future__ import annotations
 
 import logging
+import math
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -95,6 +97,15 @@ def _epoch(run: Run, epoch: int) -> dict[str, float]:
                 run.runtime,
                 step=None,
                 all_reduce=run.distributed,
+            )
+        if not math.isfinite(val_logs["loss"]):
+            warnings.warn(
+                f"val_loss is {val_logs['loss']} at epoch {epoch}: the validation data holds "
+                "NaN/inf values or the model produces them on it, so callbacks that monitor "
+                "val_loss (EarlyStopping, ModelCheckpoint(save_best_only=True)) can't see an "
+                "improvement. Check val_data with torch.isfinite.",
+                RuntimeWarning,
+                stacklevel=2,
             )
         logs.update({f"val_{k}": v for k, v in val_logs.items()})
     sched = run.scheduler

@@ -138,8 +138,21 @@ def _prepare_data(
         train_spec, name="val_data", shuffle=False, generator=torch.Generator().manual_seed(0),
         seed=0, drop_last=False,
     )  # fmt: skip
+    train = _batches(model, train_data, train_spec)
+    if (
+        drop_last is False
+        and isinstance(train, TensorBatches)
+        and train.num_samples % batch_size == 1
+        and _has_batchnorm(model)
+    ):
+        raise ValueError(
+            f"Invalid value for argument `drop_last`: drop_last=False keeps a last training "
+            f"batch of 1 sample ({train.num_samples} samples, batch_size={batch_size}), and "
+            "the model's BatchNorm layers can't train on one sample. Use drop_last=None "
+            "(skips just that batch), drop_last=True, or another batch_size."
+        )
     val = _batches(model, val_data, val_spec) if val_data is not None else None
-    return generator, _batches(model, train_data, train_spec), val
+    return generator, train, val
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,7 +233,7 @@ def fit(
 
     Works for any ``nn.Module`` with classification-style data. Reported losses and
     metrics are exact means over the samples of each epoch (every batch weighted by its
-    size), not the notebook's ``running_loss / i``. Training metrics are measured on
+    size), not means of batch means. Training metrics are measured on
     the training batches as they are trained on (dropout on), as Keras does.
 
     Args:
@@ -234,6 +247,13 @@ def fit(
         val_data: Optional data in the same forms, evaluated after every epoch
             (in eval mode, without gradients); adds ``val_loss`` and ``val_<metric>``.
         batch_size: Samples per batch, for data that isn't a ``DataLoader`` already.
+        drop_last: What to do with a last training batch smaller than ``batch_size``.
+            ``None`` (default) keeps it, except that a last batch of a single sample is
+            skipped when the model has BatchNorm layers (which can't normalise one
+            sample in training mode); ``True`` drops every incomplete last batch, as
+            fastai does; ``False`` keeps it always (a single-sample batch with BatchNorm
+            is then refused before training). A ``DataLoader`` keeps its own
+            ``drop_last``. Validation never drops anything.
         optimizer: ``"adam"``, ``"adamw"``, ``"sgd"`` (momentum 0.9; a name gets
             PyTorch's ``fused=True`` implementation where the device supports it), a
             ``torch.optim.Optimizer`` subclass (built with ``lr`` and ``weight_decay``),
@@ -241,8 +261,9 @@ def fit(
             the model's parameters (``lr`` and ``weight_decay`` are then not used).
         lr: Learning rate for an optimizer that ``fit`` builds.
         weight_decay: Weight decay for an optimizer that ``fit`` builds.
-        loss: ``None`` for ``nn.CrossEntropyLoss()``, or a callable
-            ``(outputs, targets) -> scalar`` returning the batch *mean*.
+        loss: ``None`` for ``nn.CrossEntropyLoss()``, a loss module (an instance, or a
+            class such as ``nn.CrossEntropyLoss``, built with its defaults), or a
+            callable ``(outputs, targets) -> scalar`` returning the batch *mean*.
         metrics: Names (``"accuracy"``) or callables ``(outputs, targets) -> scalar``
             returning the batch mean, recorded under their ``__name__``.
         device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``,
@@ -253,7 +274,7 @@ def fit(
         seed: Seed Python's, NumPy's and torch's global RNGs (dropout) and the
             shuffling generator, so that a CPU run is repeatable bit for bit. Model
             initialisation happens before ``fit`` and is not covered.
-        precision: ``"32"`` (float32, default), ``"bf16"`` (bfloat16 autocast, on CPU
+        precision: ``"32"`` or ``32`` (float32, default), ``"bf16"`` (bfloat16 autocast, on CPU
             and CUDA; opt-in since it changes the numerics) or ``"16-mixed"`` (float16
             autocast with a ``GradScaler``, CUDA only).
         memory_format: ``"auto"`` (default: ``channels_last`` for models containing
@@ -269,21 +290,27 @@ def fit(
         callbacks: [`Callback`][convkit.Callback]s, e.g.
             [`EarlyStopping`][convkit.EarlyStopping],
             [`ModelCheckpoint`][convkit.ModelCheckpoint], [`CSVLogger`][convkit.CSVLogger].
-        scheduler: A ``torch.optim.lr_scheduler`` instance, or a callable
-            ``optimizer -> scheduler`` (needed when ``fit`` builds the optimizer). Stepped
-            once per epoch, after validation; ``OneCycleLR`` and ``CyclicLR``, whose
-            schedules count optimizer steps, are stepped after every batch;
-            ``ReduceLROnPlateau`` is given ``val_loss`` (``loss`` without ``val_data``).
+        scheduler: A ``torch.optim.lr_scheduler`` instance built on ``optimizer`` (an
+            instance), or a callable ``optimizer -> scheduler`` (needed when ``fit``
+            builds the optimizer), or a scheduler class whose only required argument is
+            the optimizer (``ReduceLROnPlateau``). ``ReduceLROnPlateau`` is given
+            ``val_loss`` (``loss`` without ``val_data``).
+        scheduler_interval: When the scheduler steps: ``"epoch"`` (after validation),
+            ``"step"`` (after every optimizer step, e.g. a ``LambdaLR`` warm-up), or
+            ``None`` (default): ``"step"`` for ``OneCycleLR`` and ``CyclicLR``, whose
+            schedules count optimizer steps, ``"epoch"`` for every other scheduler.
         grad_clip: Clip the global gradient norm to this value before each step.
         resume_from: A checkpoint from [`ModelCheckpoint`][convkit.ModelCheckpoint] (or
             ``save_checkpoint``): restores the weights, optimizer, scheduler, scaler,
             History, callbacks and every RNG, and continues after its epoch up to
             ``epochs``. A CPU run resumed this way ends bit for bit where the
             uninterrupted run would.
-        nan_guard: Check every training loss; a NaN or infinite one raises
-            ``FloatingPointError`` (naming the epoch and batch) before the optimizer
-            steps on it. This reads one flag per batch, which on a GPU waits for that
-            batch; ``False`` keeps the loop free of host syncs.
+        nan_guard: Check every training batch's loss and gradient norm; a NaN or
+            infinite one raises [`NonFiniteLossError`][convkit.NonFiniteLossError]
+            (naming the epoch and batch, both from 1) before the optimizer steps on it,
+            with the model's buffers (BatchNorm statistics) put back as they were
+            before that batch. This reads one flag per batch, which on a GPU waits for
+            that batch; ``False`` keeps the loop free of host syncs.
         sync_batchnorm: Convert BatchNorm layers to ``SyncBatchNorm`` (distributed CUDA
             runs), so that statistics are computed over the global batch.
 
@@ -295,20 +322,25 @@ def fit(
     padding) and all-reduces the epoch totals, so every rank reports the same means.
     Only rank 0 shows progress and writes files.
 
-    Interrupting (Ctrl-C) stops at the current batch: the progress bar closes,
-    callbacks get ``on_train_end`` (a ``ModelCheckpoint`` saves), and the History so far
-    is returned with ``history.interrupted = True``.
+    Interrupting (Ctrl-C) stops after the current batch, so the model, optimizer and
+    scheduler are consistent: the progress bar closes, callbacks get ``on_train_end``
+    with ``state.epoch`` the last completed epoch, and the History of the completed
+    epochs is returned with ``history.interrupted = True``. A second Ctrl-C raises
+    ``KeyboardInterrupt`` at once. (On a thread other than the main one, Python
+    delivers no Ctrl-C; the previous SIGINT handler is restored when ``fit`` returns.)
 
     Returns:
         The [`History`][convkit.History] of per-epoch losses and metrics; it also records
         ``seed`` and ``device``. Each submodule's train/eval mode is restored at the end.
 
     Raises:
-        ValueError: For a non-positive ``epochs``/``batch_size``/``lr``, an unknown
-            optimizer or metric, an unavailable device, empty data, inputs that don't
-            match ``model.input_shape``, or targets outside ``[0, num_classes)``; all
-            before any training.
+        ValueError: For a non-positive ``epochs``/``batch_size``/``lr``, a non-finite
+            ``lr``/``weight_decay``/``grad_clip``, an unknown optimizer or metric, a
+            scheduler on another optimizer, an unavailable device, empty data, inputs
+            that don't match ``model.input_shape``, or targets outside
+            ``[0, num_classes)``; all before any training.
         TypeError: For arguments or batches of the wrong type.
+        NonFiniteLossError: When the NaN guard trips (a ``FloatingPointError``).
 
     Examples:
         >>> from convkit import build_cnn, fit, mnist_sample
@@ -443,8 +475,7 @@ def evaluate(
     """Loss and metrics of ``model`` on ``data``, as exact means over samples.
 
     Runs in eval mode under ``torch.inference_mode``; afterwards every submodule is back
-    in the train/eval mode it was in, and no parameter or buffer has changed (unlike the
-    notebook's ``eval_net``, which left the model in eval mode).
+    in the train/eval mode it was in, and no parameter or buffer has changed.
 
     Args:
         model: The network; it is moved to ``device``.

@@ -1,0 +1,389 @@
+"""The training loop under faults and unusual arguments: every case here once went wrong
+silently (a skipped callback, a crash after an epoch, a NaN that reached the weights)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import convkit._loop
+from convkit import Callback, NonFiniteLossError, build_cnn, evaluate, fit, predict
+
+CPU = {"device": "cpu", "progress": False}
+
+
+def bn_cnn(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    # BatchNorm2d after the conv and BatchNorm1d in the head (which a single sample breaks)
+    return build_cnn((1, 28, 28), 10, channels=(4,), hidden=(16,), head_norm="batch")
+
+
+def plain_cnn(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return build_cnn((1, 28, 28), 10, channels=(4,), norm=None, hidden=())
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+class Recorder(Callback):
+    def __init__(self) -> None:
+        self.ends: list[int] = []
+        self.lrs: list[float] = []
+
+    def on_batch_end(self, state) -> None:  # type: ignore[no-untyped-def]
+        self.lrs.append(state.optimizer.param_groups[0]["lr"])
+
+    def on_train_end(self, state) -> None:  # type: ignore[no-untyped-def]
+        self.ends.append(state.epoch)
+
+
+# ---------------------------------------------------------------- callbacks and the end
+
+
+def test_on_train_end_runs_when_fit_is_called_in_an_except_block(small_data) -> None:
+    recorder = Recorder()
+    try:
+        raise RuntimeError("the caller's own, handled error")
+    except RuntimeError:
+        fit(plain_cnn(), small_data, epochs=2, callbacks=[recorder], **CPU)
+    assert recorder.ends == [2]
+
+
+def test_on_train_end_is_skipped_when_training_fails(small_data) -> None:
+    recorder = Recorder()
+
+    class Boom(Callback):
+        def on_epoch_end(self, state) -> None:  # type: ignore[no-untyped-def]
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        fit(plain_cnn(), small_data, epochs=2, callbacks=[recorder, Boom()], **CPU)
+    assert recorder.ends == []
+
+
+# ------------------------------------------------------------------------- progress
+
+
+def test_no_progress_bar_means_no_host_reads_however_often_it_would_refresh(
+    small_data, monkeypatch
+) -> None:
+    """A hidden bar must not read the running loss (one host sync each time)."""
+    monkeypatch.setattr(convkit._loop, "POSTFIX_INTERVAL_S", 0.0)
+    reads = []
+    original = torch.Tensor.item
+
+    def counting(self):  # type: ignore[no-untyped-def]
+        reads.append(1)
+        return original(self)
+
+    monkeypatch.setattr(torch.Tensor, "item", counting)
+    fit(plain_cnn(), small_data, epochs=1, batch_size=10, nan_guard=False, **CPU)
+    assert len(reads) <= 2  # the shuffle seed; never once per batch (30 batches)
+
+
+# --------------------------------------------------------------------- batch of one
+
+
+def test_batchnorm_model_survives_a_last_batch_of_one(sample_train) -> None:
+    inputs, targets = sample_train[0][:201], sample_train[1][:201]
+    model = bn_cnn()
+    history = fit(model, (inputs, targets), epochs=2, batch_size=50, **CPU)
+    assert len(history) == 2
+    assert all(np.isfinite(history["loss"]))
+
+
+def test_drop_last_true_drops_every_incomplete_batch(sample_train) -> None:
+    inputs, targets = sample_train[0][:230], sample_train[1][:230]
+    seen = []
+
+    class Sizes(Callback):
+        def on_batch_end(self, state) -> None:  # type: ignore[no-untyped-def]
+            seen.append(state.batch)
+
+    fit(plain_cnn(), (inputs, targets), epochs=1, batch_size=50, drop_last=True,
+        callbacks=[Sizes()], **CPU)  # fmt: skip
+    assert seen == [0, 1, 2, 3]  # 4 full batches; the 30 left over are dropped
+
+
+def test_drop_last_false_with_batchnorm_and_a_batch_of_one_is_refused_up_front(
+    sample_train,
+) -> None:
+    model = bn_cnn()
+    before = _state(model)
+    data = (sample_train[0][:201], sample_train[1][:201])
+    with pytest.raises(ValueError, match=r"`drop_last`.*batch of 1 sample.*201 samples"):
+        fit(model, data, epochs=1, batch_size=50, drop_last=False, **CPU)
+    assert _same(before, model.state_dict())
+
+
+# ------------------------------------------------------------------ loss and scheduler
+
+
+def test_loss_class_is_built_with_its_defaults(small_data) -> None:
+    history = fit(plain_cnn(), small_data, epochs=1, loss=nn.CrossEntropyLoss, **CPU)
+    reference = fit(plain_cnn(), small_data, epochs=1, loss=nn.CrossEntropyLoss(), **CPU)
+    assert history["loss"] == reference["loss"] or np.isclose(
+        history["loss"][0], reference["loss"][0]
+    )
+
+
+def test_scheduler_class_that_needs_arguments_is_refused_before_any_work(small_data) -> None:
+    model = plain_cnn()
+    before = _state(model)
+    rng = torch.get_rng_state()
+    with pytest.raises(TypeError, match=r"`scheduler`.*StepLR needs step_size.*lambda opt"):
+        fit(model, small_data, epochs=1, scheduler=torch.optim.lr_scheduler.StepLR, seed=3, **CPU)
+    assert _same(before, model.state_dict())
+    assert torch.equal(rng, torch.get_rng_state())  # seed=3 was not applied
+
+
+def test_scheduler_class_with_only_the_optimizer_required_is_built(small_data) -> None:
+    fit(plain_cnn(), small_data, epochs=2, scheduler=torch.optim.lr_scheduler.ReduceLROnPlateau,
+        **CPU)  # fmt: skip
+
+
+def test_scheduler_on_another_optimizer_is_refused(small_data) -> None:
+    model = plain_cnn()
+    mine = torch.optim.SGD(model.parameters(), lr=0.1)
+    other = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(other, step_size=1)
+    with pytest.raises(ValueError, match=r"`scheduler`.*another optimizer"):
+        fit(model, small_data, optimizer=mine, scheduler=sched, **CPU)
+    with pytest.raises(ValueError, match=r"`scheduler`.*fit builds its own"):
+        fit(model, small_data, optimizer="adam", scheduler=sched, **CPU)
+    with pytest.raises(ValueError, match=r"`scheduler`.*another optimizer"):
+        fit(model, small_data, scheduler=lambda opt: sched, **CPU)
+
+
+def test_scheduler_result_without_step_is_refused(small_data) -> None:
+    with pytest.raises(TypeError, match=r"`scheduler`.*returned int.*no step\(\)"):
+        fit(plain_cnn(), small_data, scheduler=lambda opt: 3, **CPU)
+
+
+@pytest.mark.parametrize(
+    ("interval", "per_batch"), [(None, False), ("epoch", False), ("step", True)]
+)
+def test_scheduler_interval(small_data, interval, per_batch) -> None:
+    """A LambdaLR warm-up steps per batch with scheduler_interval="step"."""
+    recorder = Recorder()
+    fit(plain_cnn(), small_data, epochs=2, batch_size=100, optimizer="sgd", lr=1.0,
+        scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1 / (i + 1)),
+        scheduler_interval=interval, callbacks=[recorder], **CPU)  # fmt: skip
+    # the lr seen after each of the 6 batches (3 per epoch)
+    expected = [1 / (i + 2) for i in range(6)] if per_batch else [1.0] * 3 + [0.5] * 3
+    assert recorder.lrs == pytest.approx(expected)
+
+
+def test_one_cycle_steps_per_batch_by_default(small_data) -> None:
+    recorder = Recorder()
+    fit(plain_cnn(), small_data, epochs=2, batch_size=100, optimizer="sgd",
+        scheduler=lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, 0.1, total_steps=6),
+        callbacks=[recorder], **CPU)  # fmt: skip
+    assert len(set(recorder.lrs)) == 6  # a new learning rate after every batch
+
+
+def test_bad_scheduler_interval(small_data) -> None:
+    with pytest.raises(ValueError, match=r"`scheduler_interval`.*'epoch', 'step'.*'batch'"):
+        fit(plain_cnn(), small_data, scheduler_interval="batch", **CPU)
+
+
+# ----------------------------------------------------------------------- arguments
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "pattern"),
+    [
+        ({"seed": "1"}, TypeError, r"`seed`.*int in \[0, 2\*\*32\).*'1'"),
+        ({"seed": 2**32}, ValueError, r"`seed`.*\[0, 2\*\*32\).*4294967296"),
+        ({"seed": -1}, ValueError, r"`seed`.*-1"),
+        ({"precision": 3.5}, TypeError, r"`precision`.*'32'.*3\.5 of type float"),
+        ({"epochs": 2.0}, TypeError, r"`epochs`.*Expected an int.*2\.0"),
+        ({"lr": float("inf")}, ValueError, r"`lr`.*finite.*inf"),
+        ({"weight_decay": float("inf")}, ValueError, r"`weight_decay`.*finite"),
+        ({"grad_clip": float("inf")}, ValueError, r"`grad_clip`.*finite"),
+        ({"lr": float("nan")}, ValueError, r"`lr`.*nan"),
+        ({"drop_last": "yes"}, TypeError, r"`drop_last`.*None.*True or False"),
+        ({"data_on_device": 1}, TypeError, r"`data_on_device`"),
+    ],
+)
+def test_bad_arguments_are_refused_before_any_work(small_data, kwargs, error, pattern) -> None:
+    model = bn_cnn()
+    before = _state(model)
+    rng = torch.get_rng_state()
+    with pytest.raises(error, match=pattern):
+        fit(model, small_data, **{"epochs": 1, **CPU, **kwargs})
+    assert _same(before, model.state_dict())
+    assert torch.equal(rng, torch.get_rng_state())
+
+
+def test_obvious_spellings_are_accepted(small_data) -> None:
+    history = fit(plain_cnn(), small_data, epochs=np.int64(2), batch_size=np.int32(100),
+                  precision=32, seed=np.uint32(1), **CPU)  # fmt: skip
+    assert len(history) == 2
+    assert history.seed == 1 and type(history.seed) is int
+
+
+def test_bad_argument_leaves_no_process_group_behind(small_data, monkeypatch) -> None:
+    """WORLD_SIZE > 1: every argument is checked before the process group is joined."""
+    joined = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: joined.append(a))
+    with pytest.raises(ValueError, match="`grad_clip`"):
+        fit(plain_cnn(), small_data, grad_clip=-1.0, **CPU)
+    assert joined == []
+
+
+def test_bad_data_tears_down_the_process_group_fit_created(small_data, monkeypatch) -> None:
+    real_init = dist.init_process_group
+    monkeypatch.setenv("WORLD_SIZE", "2")
+
+    def init_alone(backend: str, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        real_init(backend, store=dist.HashStore(), rank=0, world_size=1)
+
+    monkeypatch.setattr(dist, "init_process_group", init_alone)
+    inputs, targets = small_data
+    try:
+        with pytest.raises(ValueError, match=r"target 12 is outside \[0, 10\)"):
+            fit(plain_cnn(), (inputs, torch.full_like(targets, 12)), **CPU)
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------- NaN guard
+
+
+def test_non_finite_loss_error_is_typed(small_data) -> None:
+    inputs, targets = small_data
+    inputs = inputs.clone()
+    inputs[150] = float("nan")  # the one batch of 300 holds it
+    model = plain_cnn()
+    with pytest.raises(NonFiniteLossError) as info:
+        fit(model, (inputs, targets), epochs=2, batch_size=300, **CPU)
+    err = info.value
+    assert isinstance(err, FloatingPointError)
+    assert (err.epoch, err.batch) == (1, 1)
+    assert len(err.history) == 0
+    assert "batch 1" in str(err) and "before training" in str(err)
+
+
+def test_nan_pixel_leaves_batchnorm_statistics_intact(small_data) -> None:
+    inputs, targets = small_data
+    model = bn_cnn()
+    fit(model, (inputs, targets), epochs=1, batch_size=100, **CPU, seed=0)
+    before = _state(model)
+    bad = inputs.clone()
+    bad[:, :, 5, 5] = float("nan")
+    with pytest.raises(NonFiniteLossError, match=r"parameters and buffers.*before training"):
+        fit(model, (bad, targets), epochs=1, batch_size=100, **CPU)
+    after = model.state_dict()
+    assert _same(before, after)  # running_mean/var and num_batches_tracked restored too
+    scores = evaluate(model, small_data, device="cpu")
+    assert np.isfinite(scores["loss"])
+
+
+def test_finite_loss_with_a_nan_gradient_is_caught(small_data) -> None:
+    def loss_with_nan_grad(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        zero = (outputs * 0).sum()
+        # value: cross-entropy + 0; gradient of sqrt at 0 is inf, times 0 is NaN
+        return nn.functional.cross_entropy(outputs, targets) + 0 * torch.sqrt(zero)
+
+    model = plain_cnn()
+    before = _state(model)
+    with pytest.raises(NonFiniteLossError, match=r"A gradient is not finite at epoch 1, batch 1"):
+        fit(model, small_data, epochs=1, loss=loss_with_nan_grad, **CPU)
+    assert _same(before, model.state_dict())
+
+
+def test_nan_in_validation_data_is_reported(small_data, sample_test) -> None:
+    inputs, targets = sample_test
+    bad = inputs[:100].clone()
+    bad[3] = float("nan")
+    with pytest.warns(RuntimeWarning, match=r"val_loss is nan at epoch 1.*val_data"):
+        history = fit(plain_cnn(), small_data, epochs=1, val_data=(bad, targets[:100]), **CPU)
+    assert np.isnan(history["val_loss"][0])
+
+
+# ------------------------------------------------------------------------ inference
+
+
+def test_evaluate_and_predict_keep_the_models_memory_format(small_data) -> None:
+    torch.manual_seed(0)
+    model = build_cnn((1, 28, 28), 10, channels=(4, 8), norm=None, hidden=())
+    conv = [m for m in model.modules() if isinstance(m, nn.Conv2d)][1]  # 4 -> 8 channels
+    assert conv.weight.is_contiguous()
+    evaluate(model, small_data, device="cpu", memory_format="channels_last")
+    predict(model, small_data[0][:10], device="cpu", memory_format="channels_last")
+    assert conv.weight.is_contiguous()
+    assert not conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+# -------------------------------------------------------------------------- Ctrl-C
+
+
+class CtrlC(Callback):
+    """Sends a real SIGINT to this process after a given batch."""
+
+    def __init__(self, epoch: int, batch: int, times: int = 1) -> None:
+        self.epoch, self.batch, self.times = epoch, batch, times
+
+    def on_batch_end(self, state) -> None:  # type: ignore[no-untyped-def]
+        if (state.epoch, state.batch) == (self.epoch, self.batch):
+            for _ in range(self.times):
+                os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_stops_on_a_consistent_state(small_data) -> None:
+    recorder = Recorder()
+    model = plain_cnn()
+    holder = {}
+
+    def make(opt):  # type: ignore[no-untyped-def]
+        holder["sched"] = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+        return holder["sched"]
+
+    handler = signal.getsignal(signal.SIGINT)
+    history = fit(model, small_data, epochs=4, batch_size=100, scheduler=make,
+                  callbacks=[CtrlC(epoch=2, batch=1), recorder], **CPU)  # fmt: skip
+    assert history.interrupted
+    assert len(history) == 1  # epoch 2 was not completed, so not recorded
+    assert recorder.ends == [1]  # on_train_end sees the last completed epoch
+    assert holder["sched"].last_epoch == 1  # stepped once, after epoch 1: consistent
+    assert len(recorder.lrs) == 3 + 2  # stopped right after the batch the signal came in
+    assert signal.getsignal(signal.SIGINT) is handler
+
+
+def test_second_ctrl_c_raises_keyboard_interrupt(small_data) -> None:
+    handler = signal.getsignal(signal.SIGINT)
+    recorder = Recorder()
+    with pytest.raises(KeyboardInterrupt):
+        fit(plain_cnn(), small_data, epochs=2, batch_size=100,
+            callbacks=[CtrlC(epoch=1, batch=0, times=2), recorder], **CPU)  # fmt: skip
+    assert recorder.ends == []
+    assert signal.getsignal(signal.SIGINT) is handler
+
+
+def test_fit_works_off_the_main_thread(small_data) -> None:
+    result = {}
+
+    def work() -> None:
+        result["history"] = fit(plain_cnn(), small_data, epochs=1, **CPU)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join(timeout=120)
+    assert len(result["history"]) == 1
