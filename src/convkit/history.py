@@ -81,7 +81,7 @@ class History:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> History:
-        """Rebuild a History from [`to_dict`][convkit.History.to_dict]'s output."""
+        """Rebuild a History from [`to_dict`][convkit.history.History.to_dict]'s output."""
         history = cls(seed=data.get("seed"), device=data.get("device"))
         history.history = {k: list(v) for k, v in data["history"].items()}
         history.epochs = [dict(e, metrics=dict(e["metrics"])) for e in data["epochs"]]

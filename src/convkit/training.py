@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from . import _distributed
 from ._data import Batching, LoaderBatches, Shard, TensorBatches, make_batches
@@ -420,7 +421,10 @@ def fit(
     state = run.state
     start_epoch = _resume(resume_from, run, generator) if resume_from is not None else 1
     state.epoch = start_epoch - 1
-    logger.info("fit: epochs %d-%d on %s", start_epoch, epochs, dev)
+    picked = " (picked by device='auto')" if device == "auto" else ""
+    logger.info("fit: epochs %d-%d on %s%s", start_epoch, epochs, dev, picked)
+    if run.show and device == "auto":
+        tqdm.write(f"Training on {dev} (device='auto'; pass device= to choose).")
 
     # ---- training
     train(run, start_epoch)
