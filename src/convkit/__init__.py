@@ -6,7 +6,7 @@ Blocks ([`ConvBlock`][convkit.ConvBlock], [`Flatten`][convkit.Flatten],
 ([`fit`][convkit.fit], [`evaluate`][convkit.evaluate], [`predict`][convkit.predict]).
 """
 
-from . import callbacks, checkpoints, datasets, shapes
+from . import callbacks, checkpoints, datasets, shapes, viz
 from ._loop import NonFiniteLossError
 from ._typing import DescribedModel
 from .blocks import ConvBlock, Flatten
@@ -59,4 +59,5 @@ __all__ = [
     "resolve_device",
     "save_checkpoint",
     "shapes",
+    "viz",
 ]
