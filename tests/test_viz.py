@@ -381,3 +381,21 @@ def test_missing_matplotlib_names_the_extra(
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     with pytest.raises(ImportError, match=r'pip install "torch-convkit\[plot\]"'):
         viz.plot_filters(model)
+
+
+# ------------------------------------------------------------------------- History.plot
+
+
+def test_history_plot_has_integer_epoch_ticks_and_one_axes_per_metric() -> None:
+    from convkit import History
+
+    history = History()
+    for epoch, (loss, acc) in enumerate([(1.2, 0.6), (0.7, 0.8), (0.5, 0.85)], start=1):
+        history.append(epoch, {"loss": loss, "accuracy": acc, "val_loss": loss + 0.1,
+                               "val_accuracy": acc - 0.05}, seconds=1.0)  # fmt: skip
+    fig = history.plot()
+    assert [ax.get_ylabel() for ax in fig.axes] == ["loss", "accuracy"]
+    for ax in fig.axes:
+        assert [line.get_label() for line in ax.lines] == ["train", "validation"]
+        ticks = [t for t in ax.get_xticks() if 1 <= t <= 3]
+        assert ticks == [1, 2, 3] and all(float(t).is_integer() for t in ax.get_xticks())
