@@ -6,7 +6,7 @@ Blocks ([`ConvBlock`][convkit.ConvBlock], [`Flatten`][convkit.Flatten],
 ([`fit`][convkit.fit], [`evaluate`][convkit.evaluate], [`predict`][convkit.predict]).
 """
 
-from . import callbacks, checkpoints, datasets, shapes, viz
+from . import callbacks, checkpoints, datasets, shapes
 from ._loop import NonFiniteLossError
 from ._typing import DescribedModel
 from .blocks import ConvBlock, Flatten
@@ -21,6 +21,7 @@ from .history import History
 from .init import init_weights
 from .residual import ResidualBlock
 from .separable import SeparableConv
+from .shapes import summary
 from .squeeze_excite import SqueezeExcite
 from .training import evaluate, fit, predict
 
@@ -59,5 +60,5 @@ __all__ = [
     "resolve_device",
     "save_checkpoint",
     "shapes",
-    "viz",
+    "summary",
 ]
