@@ -13,6 +13,7 @@ PUBLIC = {
     "DropPath", "ResidualBlock", "SeparableConv", "SqueezeExcite", "init_weights",
     "datasets", "evaluate", "fit", "mnist", "mnist_sample", "predict", "resolve_device", "shapes",
     "DescribedModel", "NonFiniteLossError", "summary",
+    "viz",
 }  # fmt: skip
 
 

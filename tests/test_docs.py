@@ -10,6 +10,8 @@ import ast
 import contextlib
 import functools
 import http.server
+import importlib.util
+import json
 import os
 import re
 import shutil
@@ -18,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -57,8 +60,19 @@ def python_blocks(page: Path) -> list[str]:
     return blocks
 
 
+def trains(page: Path) -> bool:
+    """Whether a page's code trains a model (seconds to minutes: a slow test)."""
+    return any("fit(" in block for block in python_blocks(page))
+
+
 @pytest.mark.parametrize(
-    "page", [p for p in PAGES if python_blocks(p)], ids=lambda p: str(p.relative_to(ROOT))
+    "page",
+    [
+        pytest.param(p, marks=[pytest.mark.slow] if trains(p) else [])
+        for p in PAGES
+        if python_blocks(p)
+    ],
+    ids=lambda p: str(p.relative_to(ROOT)),
 )
 def test_python_blocks_in_docs_run(page: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
@@ -186,6 +200,7 @@ EXTERNAL_URL_IN_CSS = re.compile(
 )
 
 
+@pytest.mark.slow
 def test_site_loads_nothing_from_elsewhere() -> None:
     site = built_site()
     offenders = []
@@ -207,9 +222,107 @@ def test_site_loads_nothing_from_elsewhere() -> None:
     assert "mathjax" in (site / "theory" / "index.html").read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_japanese_headings_get_anchors() -> None:
     html = (built_site() / "theory" / "index.html").read_text(encoding="utf-8")
-    assert 'id="9-重み共有"' in html or 'id="9重み共有"' in html
+    assert 'id="9-重み共有"' in html
+
+
+# A line break inside a paragraph shows as a space; between two Japanese characters that
+# space is wrong (「学習に␣任されて」). Checked on the text as a reader sees it: each block
+# element (paragraph, list item, table cell...) on its own, code blocks left out.
+CJK = "\u3000-\u303f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef"
+SPACE_BETWEEN_CJK = re.compile(f"[{CJK}][ \t\r\n]+[{CJK}]")
+BLOCK_TAGS = {
+    "address", "article", "aside", "blockquote", "br", "dd", "details", "div", "dl", "dt",
+    "figcaption", "figure", "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6", "header",
+    "hr", "label", "li", "main", "nav", "ol", "option", "p", "section", "summary", "table",
+    "tbody", "td", "tfoot", "th", "thead", "title", "tr", "ul", "button", "input",
+}  # fmt: skip
+HIDDEN_TAGS = {"pre", "script", "style", "svg", "textarea"}
+
+
+class TextBlocks(HTMLParser):
+    """The text of each block element of an HTML page, without code blocks and scripts."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.blocks: list[list[str]] = [[]]
+        self.hidden = 0
+
+    def handle_starttag(self, tag: str, attrs: object) -> None:
+        self.hidden += tag in HIDDEN_TAGS
+        if tag in BLOCK_TAGS:
+            self.blocks.append([])
+
+    def handle_endtag(self, tag: str) -> None:
+        self.hidden -= tag in HIDDEN_TAGS
+        if tag in BLOCK_TAGS:
+            self.blocks.append([])
+
+    def handle_data(self, data: str) -> None:
+        if not self.hidden:
+            self.blocks[-1].append(data)
+
+
+def spaces_between_cjk(html: str) -> list[str]:
+    parser = TextBlocks()
+    parser.feed(html)
+    texts = ["".join(block) for block in parser.blocks]
+    return [
+        text[max(m.start() - 12, 0) : m.end() + 12]
+        for text in texts
+        for m in SPACE_BETWEEN_CJK.finditer(text)
+    ]
+
+
+def test_spaces_between_cjk_are_found() -> None:
+    assert spaces_between_cjk("<p>学習に\n   任されて</p>") == ["学習に\n   任されて"]
+    assert spaces_between_cjk("<p><strong>重み</strong>\n<em>共有</em></p>") == ["重み\n共有"]
+    assert spaces_between_cjk("<tr><td>記号</td>\n<td>意味</td></tr>") == []  # two cells
+    assert spaces_between_cjk("<p>（a）24\u3000（b）</p><pre>学習 任せ</pre>") == []
+
+
+def test_hook_joins_lines_between_cjk_only() -> None:
+    spec = importlib.util.spec_from_file_location("japanese", ROOT / "hooks" / "japanese.py")
+    assert spec and spec.loader
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    html = "<p>学習に\n   <strong>任されて</strong>\nいます。the\nnext 行と\nPyTorch</p>"
+    joined = "<p>学習に<strong>任されて</strong>います。the\nnext 行と\nPyTorch</p>"
+    assert hook.join_cjk_lines(html) == joined
+    assert hook.join_cjk_lines("<pre>学習\n任せ</pre>") == "<pre>学習\n任せ</pre>"
+
+
+@pytest.mark.slow
+def test_no_space_between_japanese_characters_in_the_site() -> None:
+    site = built_site()
+    pages = sorted(site.rglob("*.html"))
+    offenders = {
+        str(page.relative_to(site)): found
+        for page in pages
+        if (found := spaces_between_cjk(page.read_text(encoding="utf-8")))
+    }
+    assert not offenders, offenders
+    # the search index holds the same text: its snippets must not show the space either
+    index = json.loads((site / "search" / "search_index.json").read_text(encoding="utf-8"))
+    snippets = [
+        piece
+        for doc in index["docs"]
+        for _, fragment in re.findall(r"<(p|li)>(.*?)</\1>", doc["text"], re.S)
+        for piece in [re.sub(r"<[^>]+>", "\0", fragment)]
+        if SPACE_BETWEEN_CJK.search(piece)
+    ]
+    assert not snippets, snippets[:5]
+    japanese = [doc for doc in index["docs"] if re.search(f"<p>[^<]*[{CJK}]", doc["text"])]
+    assert len(japanese) > 10  # the check above read the theory page's paragraphs
+
+
+@pytest.mark.slow
+def test_theory_page_is_served_as_japanese() -> None:
+    site = built_site()
+    assert '<html lang="ja"' in (site / "theory" / "index.html").read_text(encoding="utf-8")
+    assert '<html lang="en"' in (site / "index.html").read_text(encoding="utf-8")
 
 
 # ---------------------------------------------------------------------- in a browser
@@ -269,6 +382,8 @@ def browser():  # type: ignore[no-untyped-def]
     )
     for flag in flags:
         options.add_argument(flag)
+    # every network request the pages make, and the console, for the offline test
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(60)
     with serve(built_site()) as url:
@@ -287,6 +402,7 @@ def wait_for(predicate, timeout: float = 30.0):  # type: ignore[no-untyped-def]
     raise AssertionError(f"timed out after {timeout}s waiting for {predicate}")
 
 
+@pytest.mark.slow
 def test_theory_formulas_are_typeset(browser) -> None:  # type: ignore[no-untyped-def]
     browser.get(browser.base_url + "/theory/")
     count = wait_for(
@@ -316,6 +432,7 @@ def test_theory_formulas_are_typeset(browser) -> None:  # type: ignore[no-untype
     assert (ARTIFACTS / "theory.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("query", ["重み共有", "ストライド"])
 def test_japanese_search_finds_the_theory_page(browser, query: str) -> None:  # type: ignore[no-untyped-def]
     from selenium.webdriver.common.by import By
@@ -336,6 +453,7 @@ def test_japanese_search_finds_the_theory_page(browser, query: str) -> None:  # 
     browser.save_screenshot(str(ARTIFACTS / f"search-{len(query)}.png"))
 
 
+@pytest.mark.slow
 def test_api_page_shows_the_convblock_signature(browser) -> None:  # type: ignore[no-untyped-def]
     browser.get(browser.base_url + "/reference/blocks/")
     text = browser.execute_script("return document.querySelector('article').innerText")
@@ -343,3 +461,31 @@ def test_api_page_shows_the_convblock_signature(browser) -> None:  # type: ignor
     assert signature, text[:2000]
     for name in ("out_channels", "kernel_size", "padding", "stride", "norm", "act", "pool"):
         assert name in signature.group(0)
+
+
+@pytest.mark.slow
+def test_pages_request_nothing_from_elsewhere(browser) -> None:  # type: ignore[no-untyped-def]
+    # Material keeps what it fetched (or failed to) in the session: start from a clean one
+    browser.get(browser.base_url + "/404.html")
+    browser.execute_script("sessionStorage.clear(); localStorage.clear()")
+    browser.get_log("performance")  # drop what earlier tests left
+    browser.get_log("browser")
+    requested, console_errors = [], []
+    for path in ("/", "/theory/", "/guide/training/", "/reference/blocks/"):
+        browser.get(browser.base_url + path)
+        wait_for(lambda: browser.execute_script("return document.readyState") == "complete")
+        # Material asks for repository facts after the page has loaded: give it the time
+        browser.set_script_timeout(10)
+        browser.execute_async_script("setTimeout(arguments[arguments.length - 1], 1500)")
+        for entry in browser.get_log("performance"):
+            message = json.loads(entry["message"])["message"]
+            if message["method"] == "Network.requestWillBeSent":
+                requested.append(message["params"]["request"]["url"])
+        logged = browser.get_log("browser")
+        console_errors += [f"{path}: {e['message']}" for e in logged if e["level"] == "SEVERE"]
+    elsewhere = [u for u in requested if not u.startswith((browser.base_url, "data:", "blob:"))]
+    assert not elsewhere, elsewhere
+    assert not console_errors, console_errors
+    # the log saw the page's own requests: scripts, styles, images, MathJax's fonts
+    assert any(u.endswith("tex-chtml.js") for u in requested), requested
+    assert any("/img/" in u for u in requested), requested

@@ -6,7 +6,7 @@ Blocks ([`ConvBlock`][convkit.ConvBlock], [`Flatten`][convkit.Flatten],
 ([`fit`][convkit.fit], [`evaluate`][convkit.evaluate], [`predict`][convkit.predict]).
 """
 
-from . import callbacks, checkpoints, datasets, shapes
+from . import callbacks, checkpoints, datasets, shapes, viz
 from ._loop import NonFiniteLossError
 from ._typing import DescribedModel
 from .blocks import ConvBlock, Flatten
@@ -61,4 +61,5 @@ __all__ = [
     "save_checkpoint",
     "shapes",
     "summary",
+    "viz",
 ]

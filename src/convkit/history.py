@@ -91,7 +91,8 @@ class History:
     def plot(self, keys: Sequence[str] | None = None) -> Any:
         """Draw the training curves, one panel per metric, train and validation together.
 
-        Needs matplotlib (``pip install "convkit[plot]"``).
+        The loss and each metric get their own axes (their scales differ); the epoch
+        axis has integer ticks. Needs matplotlib (``pip install "torch-convkit[plot]"``).
 
         Args:
             keys: Metrics to draw (without the ``val_`` prefix); default: all.
@@ -104,10 +105,11 @@ class History:
         """
         try:
             from matplotlib.figure import Figure
+            from matplotlib.ticker import MaxNLocator
         except ImportError as err:
             raise ImportError(
                 "History.plot() needs matplotlib, which is not installed. Install convkit's "
-                "'plot' extra: pip install \"convkit[plot]\"."
+                "'plot' extra: pip install \"torch-convkit[plot]\"."
             ) from err
         names = (
             list(keys)
@@ -128,6 +130,7 @@ class History:
             if f"val_{name}" in self.history:
                 ax.plot(epochs, self.history[f"val_{name}"], marker="o", label="validation")
             ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.5
             ax.set_ylabel(name)
             ax.grid(alpha=0.3)
             ax.legend()

@@ -1,0 +1,401 @@
+"""convkit.viz on a real CNN trained briefly on the bundled MNIST sample.
+
+Every computed figure is compared with a reference: the kernels with the weights, the
+feature maps with a manual forward pass, Grad-CAM with a hand-written Grad-CAM, the
+confusion matrix with NumPy counts and the top losses with a sort of per-sample losses.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from convkit import build_cnn, fit, viz
+from convkit.viz import Interpretation
+
+pytest.importorskip("matplotlib")
+
+
+@pytest.fixture(scope="module")
+def trained(sample_train: tuple[torch.Tensor, torch.Tensor]) -> nn.Module:
+    """A small CNN after one epoch on 2,000 real digits (about 80 % test accuracy)."""
+    inputs, targets = sample_train
+    torch.manual_seed(0)
+    model = build_cnn((1, 28, 28), 10, channels=(8, 16), pool="max", hidden=())
+    fit(model, (inputs[:2000], targets[:2000]), epochs=1, batch_size=64, device="cpu",
+        progress=False, seed=0)  # fmt: skip
+    return model
+
+
+@pytest.fixture
+def model(trained: nn.Module) -> nn.Module:
+    return copy.deepcopy(trained)
+
+
+@pytest.fixture(scope="module")
+def digits(sample_test: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    inputs, targets = sample_test
+    return inputs[:300], targets[:300]
+
+
+def _no_hooks(model: nn.Module) -> bool:
+    return all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+# ---------------------------------------------------------------------------- hygiene
+
+CALLS: dict[str, Callable[[nn.Module, torch.Tensor, torch.Tensor], Any]] = {
+    "plot_filters": lambda m, x, y: viz.plot_filters(m, "features.block2"),
+    "feature_maps": lambda m, x, y: viz.feature_maps(m, x[:4]),
+    "plot_feature_maps": lambda m, x, y: viz.plot_feature_maps(m, x[0]),
+    "grad_cam": lambda m, x, y: viz.grad_cam(m, x[:4]),
+    "plot_grad_cam": lambda m, x, y: viz.plot_grad_cam(m, x[:2], target=3),
+    "Interpretation": lambda m, x, y: Interpretation.from_model(m, (x, y), batch_size=64),
+}
+
+
+@pytest.mark.parametrize("name", list(CALLS))
+def test_modes_buffers_grads_and_hooks_untouched(
+    name: str, model: nn.Module, digits: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    model.train()
+    model.features.block2.eval()  # a mixed state that a plain model.train() would lose
+    modes = {n: m.training for n, m in model.named_modules()}
+    params = dict(model.named_parameters())
+    for i, p in enumerate(params.values()):
+        p.grad = torch.randn_like(p) if i % 2 else None
+    grads = {k: None if p.grad is None else p.grad.clone() for k, p in params.items()}
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    CALLS[name](model, *digits)
+    assert {n: m.training for n, m in model.named_modules()} == modes
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    for key, p in params.items():
+        before = grads[key]
+        assert (p.grad is None) if before is None else torch.equal(p.grad, before), key
+    assert _no_hooks(model)
+
+
+def test_hooks_removed_and_modes_restored_when_forward_fails(model: nn.Module) -> None:
+    model.train()
+    # 32x32 runs through the conv blocks (hooked) and fails at the head's size check.
+    with pytest.raises(ValueError, match="built for inputs of shape"):
+        viz.feature_maps(model, torch.zeros(1, 32, 32))
+    with pytest.raises(ValueError, match="built for inputs of shape"):
+        viz.grad_cam(model, torch.zeros(1, 32, 32))
+    assert _no_hooks(model)
+    assert all(m.training for m in model.modules())
+
+
+# ---------------------------------------------------------------------- feature maps
+
+
+def test_feature_maps_match_a_manual_forward(model: nn.Module, digits: Any) -> None:
+    x = digits[0][:5]
+    layers = ["features.block1", "features.block1.norm", "features.block2.conv"]
+    maps = viz.feature_maps(model, x, layers)
+    reference = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        block = reference.features.block1
+        norm = block.norm(block.conv(x))
+        torch.testing.assert_close(maps["features.block1.norm"], norm)
+        torch.testing.assert_close(maps["features.block1"], block(x))
+        torch.testing.assert_close(
+            maps["features.block2.conv"], reference.features.block2.conv(block(x))
+        )
+    # the in-place ReLU after the norm did not overwrite the recorded norm output
+    assert (maps["features.block1.norm"] < 0).any()
+    assert list(maps) == layers
+
+
+def test_plot_feature_maps_draws_one_panel_per_channel(model: nn.Module, digits: Any) -> None:
+    fig = viz.plot_feature_maps(model, digits[0][0], max_channels=12)
+    images = [len(ax.images) for ax in fig.axes]
+    assert len(fig.axes) == 2 * 12  # two conv blocks, 12 columns
+    assert sum(images) == 8 + 12  # block1 has 8 channels, block2 16 (12 shown)
+    first = fig.axes[0].images[0].get_array()
+    expected = viz.feature_maps(model, digits[0][0])["features.block1"][0, 0]
+    np.testing.assert_allclose(np.asarray(first), expected.numpy(), rtol=1e-6)
+    assert "features.block1" in fig.axes[0].get_ylabel()
+
+
+def test_plot_feature_maps_rejects_batches_and_flat_layers(model: nn.Module, digits: Any) -> None:
+    with pytest.raises(ValueError, match=r"Expected one sample \(C, H, W\).*\(2, 1, 28, 28\)"):
+        viz.plot_feature_maps(model, digits[0][:2])
+    with pytest.raises(ValueError, match=r"head\.output returned no feature map"):
+        viz.plot_feature_maps(model, digits[0][0], ["head.output"])
+    with pytest.raises(ValueError, match=r"layers`.*'block9'.*features\.block1"):
+        viz.feature_maps(model, digits[0][0], "block9")
+    with pytest.raises(TypeError, match="argument `x`"):
+        viz.feature_maps(model, digits[0][0].numpy())  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------ filters
+
+
+def test_plot_filters_shows_the_kernels_on_a_symmetric_scale(model: nn.Module) -> None:
+    weight = model.features.block1.conv.weight.detach()
+    fig = viz.plot_filters(model)
+    panels = [ax for ax in fig.axes if ax.images]
+    assert len(panels) == 8 and len(fig.axes) == 9  # 8 filters and a colour bar
+    np.testing.assert_array_equal(panels[3].images[0].get_array(), weight[3, 0].numpy())
+    limit = float(weight.abs().max())
+    assert all(ax.images[0].get_clim() == (-limit, limit) for ax in panels)
+    # a block name selects its convolution; its 8 input channels tile each panel
+    fig = viz.plot_filters(model, "features.block2", max_filters=5)
+    array = fig.axes[0].images[0].get_array()
+    assert len([ax for ax in fig.axes if ax.images]) == 5
+    assert array.shape == (3 * 4 - 1, 3 * 4 - 1)  # a 3x3 grid of 3x3 kernels
+    second = model.features.block2.conv.weight.detach()[0, 1]
+    np.testing.assert_array_equal(array[0:3, 4:7], second.numpy())
+
+
+def test_plot_filters_rgb_and_plain_convolutions() -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 6, 5)
+    fig = viz.plot_filters(conv)  # three input channels: colour by default
+    assert len(fig.axes) == 6  # no colour bar
+    image = fig.axes[0].images[0].get_array()
+    weight = conv.weight.detach()
+    limit = weight.abs().max()
+    expected = weight[0].permute(1, 2, 0) / (2 * limit) + 0.5
+    np.testing.assert_allclose(image, expected.numpy(), rtol=1e-6)
+    assert len(viz.plot_filters(conv, rgb=False).axes) == 7
+    conv1d = nn.Conv1d(2, 4, 7)
+    assert viz.plot_filters(conv1d).axes[0].images[0].get_array().shape == (2, 7)
+
+
+def test_plot_filters_errors_name_the_valid_choices(model: nn.Module) -> None:
+    with pytest.raises(ValueError, match=r"rgb=True needs a 2-D convolution with 3 input"):
+        viz.plot_filters(model, rgb=True)
+    with pytest.raises(ValueError, match=r"'conv9'.*features\.block1\.conv"):
+        viz.plot_filters(model, "conv9")
+    with pytest.raises(ValueError, match=r"exactly one.*'features'.*features\.block1\.conv"):
+        viz.plot_filters(model, "features")
+    with pytest.raises(TypeError, match="model_or_conv"):
+        viz.plot_filters("model")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="without one"):
+        viz.plot_filters(nn.Linear(3, 4))
+
+
+# ----------------------------------------------------------------------------- Grad-CAM
+
+
+def _reference_cam(
+    head: Callable[[torch.Tensor], torch.Tensor], activation: torch.Tensor, classes: Any
+) -> torch.Tensor:
+    """Grad-CAM by hand: dy_c/dA, mean per channel, weighted sum, ReLU, upsampling."""
+    activation = activation.detach().requires_grad_()
+    logits = head(activation)
+    if classes is None:
+        classes = logits.argmax(1)
+    score = logits[torch.arange(len(logits)), classes].sum()
+    (grads,) = torch.autograd.grad(score, activation)
+    weights = grads.mean(dim=(2, 3), keepdim=True)
+    cam = torch.relu((weights * activation).sum(1, keepdim=True)).detach()
+    return F.interpolate(cam, size=(28, 28), mode="bilinear", align_corners=False)[:, 0]
+
+
+def test_grad_cam_matches_a_hand_computed_grad_cam(model: nn.Module, digits: Any) -> None:
+    x = digits[0][:6]
+    ref = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        a1 = ref.features.block1(x)
+        a2 = ref.features.block2(a1)
+    expected = _reference_cam(lambda a: ref.head(ref.flatten(a)), a2, None)
+    cam = viz.grad_cam(model, x)  # default layer: the last conv block
+    torch.testing.assert_close(cam, expected)
+    assert cam.amax(dim=(1, 2)).gt(0).sum() >= 3  # not trivially zero
+    expected = _reference_cam(lambda a: ref.head(ref.flatten(ref.features.block2(a))), a1, 7)
+    torch.testing.assert_close(viz.grad_cam(model, x, target=7, layer="features.block1"), expected)
+    single = viz.grad_cam(model, x[2], target=[7], layer=model.features.block1)
+    torch.testing.assert_close(single, expected[2])
+
+
+def test_grad_cam_works_with_frozen_parameters_and_under_no_grad(
+    model: nn.Module, digits: Any
+) -> None:
+    x = digits[0][:3]
+    expected = viz.grad_cam(model, x)
+    model.requires_grad_(False)
+    with torch.no_grad():
+        torch.testing.assert_close(viz.grad_cam(model, x), expected)
+
+
+def test_grad_cam_for_any_module_and_1d_convolutions() -> None:
+    torch.manual_seed(0)
+    seq = nn.Sequential(nn.Conv1d(2, 4, 3, padding=1), nn.ReLU(), nn.Conv1d(4, 4, 3),
+                        nn.ReLU(), nn.Flatten(), nn.Linear(4 * 14, 3))  # fmt: skip
+    x = torch.randn(5, 2, 16)
+    cam = viz.grad_cam(seq, x, target=1)  # default: the last convolution, "2"
+    activation = seq[:3](x).detach().requires_grad_()
+    score = seq[3:](activation)[:, 1].sum()
+    (grads,) = torch.autograd.grad(score, activation)
+    expected = torch.relu((grads.mean(2, keepdim=True) * activation).sum(1, keepdim=True))
+    expected = F.interpolate(expected.detach(), size=16, mode="linear", align_corners=False)
+    torch.testing.assert_close(cam, expected[:, 0])
+
+
+def test_grad_cam_errors(model: nn.Module, digits: Any) -> None:
+    x = digits[0][:2]
+    with pytest.raises(ValueError, match=r"class indices in \[0, 9\]. Received \[10, 10\]"):
+        viz.grad_cam(model, x, target=10)
+    with pytest.raises(ValueError, match=r"one class index per sample \(2\)"):
+        viz.grad_cam(model, x, target=[1, 2, 3])
+    with pytest.raises(TypeError, match="argument `target`"):
+        viz.grad_cam(model, x, target=1.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"spatial outputs.*flatten gave shape \(2, 784\)"):
+        viz.grad_cam(model, x, layer="flatten")
+    with pytest.raises(ValueError, match=r"Valid names: .*features\.block2"):
+        viz.grad_cam(model, x, layer="features.block3")
+    with pytest.raises(ValueError, match=r"argument `alpha`"):
+        viz.plot_grad_cam(model, x, alpha=2)
+
+
+def test_plot_grad_cam_overlays_each_image(model: nn.Module, digits: Any) -> None:
+    x = digits[0][:3]
+    fig = viz.plot_grad_cam(model, x)
+    assert [len(ax.images) for ax in fig.axes] == [2, 2, 2]
+    heat = np.asarray(fig.axes[1].images[1].get_array())
+    cam = viz.grad_cam(model, x[1])
+    np.testing.assert_allclose(heat, (cam / cam.max()).numpy(), rtol=1e-5)
+    np.testing.assert_array_equal(fig.axes[1].images[0].get_array(), x[1, 0].numpy())
+    predicted = model.eval()(x).argmax(1).tolist()
+    assert [ax.get_title().split(":")[0] for ax in fig.axes] == [f"class {c}" for c in predicted]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_grad_cam_and_interpretation_on_cuda(model: nn.Module, digits: Any) -> None:
+    x, y = digits
+    expected = viz.grad_cam(model, x[:4])
+    on_cpu = Interpretation.from_model(model, (x, y))
+    model.cuda()
+    cam = viz.grad_cam(model, x[:4])
+    assert cam.device.type == "cuda"
+    torch.testing.assert_close(cam.cpu(), expected, atol=1e-4, rtol=1e-3)
+    interp = Interpretation.from_model(model, (x, y))
+    assert torch.equal(interp.confusion, on_cpu.confusion)
+
+
+# ------------------------------------------------------------------------ Interpretation
+
+
+def _numpy_reference(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Any:
+    ref = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        logits = ref(x)
+    predicted = logits.argmax(1).numpy()
+    counts = np.zeros((10, 10), dtype=np.int64)
+    np.add.at(counts, (y.numpy(), predicted), 1)
+    losses = F.cross_entropy(logits, y, reduction="none").numpy()
+    return counts, losses, predicted, logits.softmax(1).max(1).values.numpy()
+
+
+def test_interpretation_matches_numpy(model: nn.Module, digits: Any) -> None:
+    x, y = digits
+    counts, losses, predicted, probs = _numpy_reference(model, x, y)
+    interp = Interpretation.from_model(model, (x, y), batch_size=64)  # 300 = 4x64 + 44
+    np.testing.assert_array_equal(interp.confusion.numpy(), counts)
+    assert 0.6 < np.trace(counts) / 300 < 1.0  # a trained model, mistakes included
+    np.testing.assert_allclose(interp.losses.numpy(), losses, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(interp.predictions.numpy(), predicted)
+    np.testing.assert_array_equal(interp.targets.numpy(), y.numpy())
+    np.testing.assert_allclose(interp.probabilities.numpy(), probs, rtol=1e-5)
+    normalised = interp.confusion_matrix(normalize=True).numpy()
+    np.testing.assert_allclose(normalised, counts / counts.sum(1, keepdims=True))
+    table = interp.per_class()
+    np.testing.assert_allclose(table.precision, np.diag(counts) / counts.sum(0))
+    np.testing.assert_allclose(table.recall, np.diag(counts) / counts.sum(1))
+    assert table.support == counts.sum(1).tolist()
+    assert str(table).splitlines()[0].split() == ["class", "precision", "recall", "support"]
+
+
+def test_top_losses_are_the_sorted_per_sample_losses(model: nn.Module, digits: Any) -> None:
+    x, y = digits
+    _, losses, _, _ = _numpy_reference(model, x, y)
+    interp = Interpretation.from_model(model, (x, y))
+    values, indices = interp.top_losses(7)
+    np.testing.assert_allclose(values.numpy(), np.sort(losses)[::-1][:7], rtol=1e-5)
+    np.testing.assert_allclose(losses[indices.numpy()], values.numpy(), rtol=1e-5)
+    assert len(interp.top_losses(1000)[0]) == 300
+
+
+def test_interpretation_takes_datasets_and_loaders_alike(model: nn.Module, digits: Any) -> None:
+    x, y = digits
+    by_pair = Interpretation.from_model(model, (x, y))
+    for data in (TensorDataset(x, y), DataLoader(TensorDataset(x, y), batch_size=50)):
+        other = Interpretation.from_model(model, data)
+        assert torch.equal(other.confusion, by_pair.confusion)
+        torch.testing.assert_close(other.losses, by_pair.losses)
+
+
+def test_interpretation_errors(model: nn.Module, digits: Any) -> None:
+    x, y = digits
+    with pytest.raises(ValueError, match="shuffle=False"):
+        Interpretation.from_model(model, DataLoader(TensorDataset(x, y), shuffle=True))
+    with pytest.raises(ValueError, match=r"2 targets are outside.*\[0, 9\]"):
+        Interpretation.from_model(model, (x[:4], torch.tensor([1, 10, 3, -1])))
+    with pytest.raises(ValueError, match="Expected 10 names"):
+        Interpretation.from_model(model, (x, y), classes=["a", "b"])
+    with pytest.raises(ValueError, match="300 inputs but 299 targets"):
+        Interpretation.from_model(model, (x, y[:-1]))
+    with pytest.raises(ValueError, match="class indices of shape"):
+        Interpretation.from_model(model, (x, y.float()))
+    with pytest.raises(ValueError, match="no samples"):
+        Interpretation.from_model(model, (x[:0], y[:0]))
+    with pytest.raises(TypeError, match="argument `data`"):
+        Interpretation.from_model(model, [1, 2, 3])
+
+
+def test_confusion_and_top_loss_figures(model: nn.Module, digits: Any) -> None:
+    x, y = digits
+    names = [f"d{i}" for i in range(10)]
+    interp = Interpretation.from_model(model, (x, y), classes=names)
+    fig = viz.plot_confusion_matrix(interp, normalize=True)
+    np.testing.assert_allclose(
+        fig.axes[0].images[0].get_array(), interp.confusion_matrix(normalize=True).numpy()
+    )
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == names
+    fig = viz.plot_top_losses(interp, 5)
+    _, indices = interp.top_losses(5)
+    assert len(fig.axes) == 5
+    for ax, i in zip(fig.axes, indices.tolist(), strict=True):
+        np.testing.assert_array_equal(ax.images[0].get_array(), x[i, 0].numpy())
+        true, pred = names[y[i]], names[interp.predictions[i]]
+        assert ax.get_title().startswith(f"true {true}, pred {pred}\n")
+    with pytest.raises(TypeError, match=r"Interpretation\.from_model"):
+        viz.plot_top_losses((x, y))  # type: ignore[arg-type]
+
+
+def test_missing_matplotlib_names_the_extra(
+    model: nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    with pytest.raises(ImportError, match=r'pip install "torch-convkit\[plot\]"'):
+        viz.plot_filters(model)
+
+
+# ------------------------------------------------------------------------- History.plot
+
+
+def test_history_plot_has_integer_epoch_ticks_and_one_axes_per_metric() -> None:
+    from convkit import History
+
+    history = History()
+    for epoch, (loss, acc) in enumerate([(1.2, 0.6), (0.7, 0.8), (0.5, 0.85)], start=1):
+        history.append(epoch, {"loss": loss, "accuracy": acc, "val_loss": loss + 0.1,
+                               "val_accuracy": acc - 0.05}, seconds=1.0)  # fmt: skip
+    fig = history.plot()
+    assert [ax.get_ylabel() for ax in fig.axes] == ["loss", "accuracy"]
+    for ax in fig.axes:
+        assert [line.get_label() for line in ax.lines] == ["train", "validation"]
+        ticks = [t for t in ax.get_xticks() if 1 <= t <= 3]
+        assert ticks == [1, 2, 3] and all(float(t).is_integer() for t in ax.get_xticks())
