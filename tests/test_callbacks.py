@@ -1,6 +1,10 @@
 from __future__ import annotations
 
 import csv
+import os
+import signal
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -129,27 +133,39 @@ def test_callbacks_type_checked(small_data) -> None:
         fit(tiny_cnn(), small_data, progress=False, callbacks=[lambda s: None])
 
 
-@pytest.mark.parametrize("per_batch", [False, True])
-def test_schedulers(small_data, per_batch: bool) -> None:
+class LRRecorder(Callback):
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+
+    def on_batch_end(self, state) -> None:  # type: ignore[no-untyped-def]
+        self.lrs.append(state.optimizer.param_groups[0]["lr"])
+
+
+def test_one_cycle_is_stepped_after_every_batch(small_data) -> None:
+    recorder = LRRecorder()
+    sched = lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.01, total_steps=6)  # noqa: E731
+    fit(tiny_cnn(), small_data, epochs=2, batch_size=100, progress=False, device="cpu",
+        scheduler=sched, callbacks=[recorder])  # fmt: skip
+    reference_opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+    reference = torch.optim.lr_scheduler.OneCycleLR(reference_opt, max_lr=0.01, total_steps=6)
+    expected = []
+    for _ in range(6):  # 3 batches x 2 epochs
+        reference_opt.step()
+        reference.step()
+        expected.append(reference_opt.param_groups[0]["lr"])
+    assert recorder.lrs == pytest.approx(expected, rel=1e-12)
+    assert len(set(recorder.lrs)) == 6  # a new learning rate after every batch
+
+
+def test_step_lr_is_stepped_after_every_epoch(small_data) -> None:
     model = tiny_cnn()
-    if per_batch:
-        sched = lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.01, total_steps=6)  # noqa: E731
-        fit(
-            model,
-            small_data,
-            epochs=2,
-            batch_size=100,
-            progress=False,
-            device="cpu",
-            scheduler=sched,
-        )
-        # 3 batches x 2 epochs = 6 steps: the one-cycle schedule ran to its end
-    else:
-        opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        sched_obj = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
-        fit(model, small_data, epochs=3, optimizer=opt, progress=False, device="cpu",
-            scheduler=sched_obj)  # fmt: skip
-        assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**3)
+    recorder = LRRecorder()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    fit(model, small_data, epochs=3, batch_size=150, optimizer=opt, progress=False, device="cpu",
+        scheduler=sched, callbacks=[recorder])  # fmt: skip
+    assert recorder.lrs == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025, 0.025])
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**3)
 
 
 def test_reduce_on_plateau_gets_the_monitored_value(small_data) -> None:
@@ -213,3 +229,182 @@ class _NanOnSecondEpoch(torch.utils.data.Dataset):
         if self.reads > len(self.inputs):
             x.fill_(float("nan"))
         return x, self.targets[i]
+
+
+# ---- ModelCheckpoint's path template
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("e{epoh:02d}.pt", r"'e\{epoh:02d\}.pt' has the unknown field \{epoh\} \(did you mean "
+         r"\{epoch\}\?\). Valid fields: 'epoch' and the names of the metrics fit logs, e.g. "
+         r"'loss', 'val_accuracy'"),
+        ("m-{val_los:.3f}.pt", r"unknown field \{val_los\} \(did you mean \{val_loss\}\?\)"),
+        ("m-{}.pt", r"has the field \{\}: only named fields such as \{epoch:03d\}"),
+        ("m-{0}.pt", r"has the field \{0\}"),
+        ("m-{epoch.real}.pt", r"has the field \{epoch.real\}"),
+        ("m-{epoch!r}.pt", r"has the field \{epoch\}"),
+        ("m-{val_loss:03d}.pt", r"formats 'val_loss' with '03d', which a float can't take"),
+        ("m-{epoch.pt", r"is not a valid template \(.*\); write a literal brace as '\{\{'"),
+    ],
+)  # fmt: skip
+def test_model_checkpoint_template_is_checked_when_made(path: str, message: str) -> None:
+    prefix = r"Invalid value for argument `path` of ModelCheckpoint: .*"
+    with pytest.raises(ValueError, match=prefix + message):
+        ModelCheckpoint(path)
+
+
+def test_template_fields_are_checked_against_the_logs_before_training(
+    small_data, tmp_path: Path
+) -> None:
+    ModelCheckpoint(tmp_path / "{f1:.2f}-{epoch:03d}.pt")  # may be a metric of the user's
+    model = tiny_cnn()
+    before = [t.clone() for t in model.state_dict().values()]
+    message = r"field \{f1\}, which fit doesn't log. Valid fields: 'epoch', 'loss', 'accuracy'\."
+    with pytest.raises(ValueError, match=message):
+        fit(model, small_data, epochs=1, progress=False, device="cpu",
+            callbacks=[ModelCheckpoint(tmp_path / "{f1:.2f}-{epoch:03d}.pt")])  # fmt: skip
+    assert all(torch.equal(a, b) for a, b in zip(before, model.state_dict().values(), strict=True))
+    assert list(tmp_path.iterdir()) == []
+
+
+def _unwritable(tmp_path: Path, kind: str) -> tuple[Path, str]:
+    if kind == "file as directory":
+        (tmp_path / "runs").write_text("not a directory")
+        return tmp_path / "runs" / "m.pt", r"runs is a file, where a directory is needed"
+    if kind == "existing directory":
+        (tmp_path / "m.pt").mkdir()
+        return tmp_path / "m.pt", r"it is an existing directory"
+    if kind == "read-only directory":
+        (tmp_path / "ro").mkdir(mode=0o500)
+        return tmp_path / "ro" / "m.pt", r"it can't be created \(Permission denied\)"
+    return Path("/proc/convkit-test/m.pt"), r"it can't be created"  # even root can't write
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "file as directory",
+        "existing directory",
+        pytest.param("read-only directory", marks=pytest.mark.skipif(
+            os.name != "posix" or os.geteuid() == 0, reason="root may write anywhere")),
+        pytest.param("proc file system", marks=pytest.mark.skipif(
+            not sys.platform.startswith("linux"), reason="Linux's /proc")),
+    ],
+)  # fmt: skip
+def test_unwritable_checkpoint_path_fails_before_the_first_epoch(
+    small_data, tmp_path: Path, kind: str
+) -> None:
+    path, reason = _unwritable(tmp_path, kind)
+    recorder = Recorder()
+    message = rf"`path` of ModelCheckpoint: '{path}' can't be written: .*{reason}"
+    with pytest.raises(ValueError, match=message):
+        fit(tiny_cnn(), small_data, epochs=1, progress=False, device="cpu",
+            callbacks=[ModelCheckpoint(path), recorder])  # fmt: skip
+    assert ("epoch_begin", 1) not in recorder.calls
+
+
+# ---- Ctrl-C
+
+
+class CtrlC(Callback):
+    """Presses Ctrl-C (a real SIGINT) after the first batch of ``epoch``; records each
+    epoch's final weights."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.weights: dict[int, dict[str, torch.Tensor]] = {}
+
+    def on_batch_end(self, state) -> None:  # type: ignore[no-untyped-def]
+        if state.epoch == self.epoch and self.epoch not in self.weights:
+            self.weights[self.epoch] = {}
+            signal.raise_signal(signal.SIGINT)
+
+    def on_epoch_end(self, state) -> None:  # type: ignore[no-untyped-def]
+        self.weights[state.epoch] = {k: v.clone() for k, v in state.model.state_dict().items()}
+
+
+def test_ctrl_c_keeps_the_clean_checkpoint_and_writes_a_separate_file(
+    small_data, tmp_path: Path
+) -> None:
+    ctrl_c = CtrlC(epoch=3)
+    every_epoch = ModelCheckpoint(tmp_path / "ep{epoch}.pt")
+    history = fit(tiny_cnn(), small_data, epochs=5, batch_size=100, progress=False,
+                  device="cpu", callbacks=[every_epoch, ctrl_c])  # fmt: skip
+    assert history.interrupted and len(history) == 2
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["ep1.pt", "ep2.interrupted.pt", "ep2.pt"]
+    clean = load_checkpoint(tmp_path / "ep2.pt")
+    assert clean["epoch"] == 2 and clean["interrupted"] is False
+    for key, value in ctrl_c.weights[2].items():  # still the end of epoch 2, bit for bit
+        assert torch.equal(clean["model"][key], value), key
+    cut = load_checkpoint(tmp_path / "ep2.interrupted.pt")
+    assert cut["interrupted"] is True and cut["epoch"] == 2
+    assert cut["clean_checkpoint"] == str(tmp_path / "ep2.pt")
+    assert (
+        cut["model"]["features.block1.norm.num_batches_tracked"]
+        == clean["model"]["features.block1.norm.num_batches_tracked"] + 1
+    )  # one batch of epoch 3 was trained
+
+
+# ---- resuming: callback state by identity, a stop that stays, the CSV log
+
+
+def test_swapped_checkpoints_keep_their_own_best_values(small_data, tmp_path: Path) -> None:
+    def callbacks() -> list[ModelCheckpoint]:
+        return [
+            ModelCheckpoint(tmp_path / "best_loss.pt", monitor="loss", save_best_only=True),
+            ModelCheckpoint(tmp_path / "best_acc.pt", monitor="accuracy", save_best_only=True),
+            ModelCheckpoint(tmp_path / "last.pt"),
+        ]
+
+    first = callbacks()
+    fit(tiny_cnn(), small_data, epochs=2, progress=False, device="cpu", callbacks=first)
+    assert first[0].best != first[1].best
+    swapped = callbacks()[::-1]
+    fit(tiny_cnn(seed=1), small_data, epochs=2, progress=False, device="cpu",
+        callbacks=swapped, resume_from=tmp_path / "last.pt")  # fmt: skip
+    assert (swapped[2].best, swapped[1].best) == (first[0].best, first[1].best)
+
+
+def test_resuming_with_other_callbacks_is_refused_before_loading(small_data, tmp_path) -> None:
+    fit(tiny_cnn(), small_data, epochs=1, progress=False, device="cpu",
+        callbacks=[ModelCheckpoint(tmp_path / "last.pt"), EarlyStopping("loss")])  # fmt: skip
+    model = tiny_cnn(seed=1)
+    before = [t.clone() for t in model.state_dict().values()]
+    message = r"`callbacks`: .*last.pt holds no state for \[\"EarlyStopping\('accuracy'\)\"\]"
+    with pytest.raises(ValueError, match=message + r"; it holds the state of \["):
+        fit(model, small_data, epochs=2, progress=False, device="cpu",
+            callbacks=[ModelCheckpoint(tmp_path / "last.pt"), EarlyStopping("accuracy")],
+            resume_from=tmp_path / "last.pt")  # fmt: skip
+    assert all(torch.equal(a, b) for a, b in zip(before, model.state_dict().values(), strict=True))
+
+
+@pytest.mark.parametrize("checkpoint_first", [True, False])
+def test_a_resumed_run_that_early_stopping_ended_trains_no_further(
+    small_data, tmp_path: Path, checkpoint_first: bool
+) -> None:
+    def callbacks() -> list[Callback]:
+        saver = ModelCheckpoint(tmp_path / "last.pt")
+        stopper = EarlyStopping("loss", patience=0, min_delta=100.0)  # stops after epoch 2
+        return [saver, stopper] if checkpoint_first else [stopper, saver]
+
+    history = fit(tiny_cnn(), small_data, epochs=5, progress=False, device="cpu",
+                  callbacks=callbacks())  # fmt: skip
+    assert len(history) == 2 and load_checkpoint(tmp_path / "last.pt")["stopped"] is True
+    recorder = Recorder()
+    resumed = fit(tiny_cnn(seed=1), small_data, epochs=5, progress=False, device="cpu",
+                  callbacks=[*callbacks(), recorder], resume_from=tmp_path / "last.pt")  # fmt: skip
+    assert len(resumed) == 2 and ("epoch_begin", 3) not in recorder.calls
+
+
+def test_csv_logger_drops_rows_past_the_resumed_checkpoint(small_data, tmp_path: Path) -> None:
+    log = tmp_path / "log.csv"
+    fit(tiny_cnn(), small_data, epochs=3, progress=False, device="cpu",
+        callbacks=[ModelCheckpoint(tmp_path / "ep{epoch}.pt"), CSVLogger(log)])  # fmt: skip
+    fit(tiny_cnn(), small_data, epochs=4, progress=False, device="cpu",
+        callbacks=[ModelCheckpoint(tmp_path / "ep{epoch}.pt"), CSVLogger(log)],
+        resume_from=tmp_path / "ep2.pt")  # fmt: skip
+    with log.open() as f:
+        assert [int(row["epoch"]) for row in csv.DictReader(f)] == [1, 2, 3, 4]

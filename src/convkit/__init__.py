@@ -11,7 +11,7 @@ from ._loop import NonFiniteLossError
 from ._typing import DescribedModel
 from .blocks import ConvBlock, Flatten
 from .callbacks import Callback, CSVLogger, EarlyStopping, ModelCheckpoint, TrainState
-from .checkpoints import load_checkpoint, load_model, save_checkpoint
+from .checkpoints import load_checkpoint, save_checkpoint
 from .datasets import mnist, mnist_sample
 from .devices import available_devices, resolve_device
 from .drop_path import DropPath
@@ -19,9 +19,9 @@ from .factory import CNN, build_cnn
 from .heads import MLPHead
 from .history import History
 from .init import init_weights
+from .loading import load_model
 from .residual import ResidualBlock
 from .separable import SeparableConv
-from .shapes import summary
 from .squeeze_excite import SqueezeExcite
 from .training import evaluate, fit, predict
 
@@ -60,6 +60,5 @@ __all__ = [
     "resolve_device",
     "save_checkpoint",
     "shapes",
-    "summary",
     "viz",
 ]

@@ -127,6 +127,8 @@ def _epochs(run: Run, start_epoch: int) -> None:
     for callback in callbacks:
         callback.on_train_begin(state)
     for epoch in range(start_epoch, state.epochs + 1):
+        if state.stop_training:  # set by a callback, or by a resumed run that had stopped
+            break
         state.epoch = run.step.epoch = epoch
         for callback in callbacks:
             callback.on_epoch_begin(state)
@@ -145,8 +147,6 @@ def _epochs(run: Run, start_epoch: int) -> None:
             callback.on_epoch_end(state)
         if interrupt.raised:
             raise KeyboardInterrupt
-        if state.stop_training:
-            break
 
 
 def train(run: Run, start_epoch: int) -> None:

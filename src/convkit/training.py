@@ -50,8 +50,8 @@ from ._validation import (
     check_positive_int,
     check_seed,
 )
-from .callbacks import Callback, TrainState
-from .checkpoints import load_checkpoint, set_rng_state
+from .callbacks import Callback, TrainState, hook_order
+from .checkpoints import resume
 from .devices import resolve_device
 from .history import History
 
@@ -99,17 +99,17 @@ def _batches(model: nn.Module, data: Any, spec: Batching) -> Batches:
 def _resume(path: Any, run: Run, generator: torch.Generator) -> int:
     """Restore everything a checkpoint holds into the run; the first epoch to train."""
     state = run.state
-    payload = load_checkpoint(path, run.model, state.optimizer, state.scheduler)
-    if state.scaler is not None and payload.get("scaler") is not None:
-        state.scaler.load_state_dict(payload["scaler"])
-    if payload.get("history") is not None:
+    payload = resume(path, model=run.model, optimizer=state.optimizer, scheduler=state.scheduler,
+                     scaler=state.scaler, generator=generator, callbacks=state.callbacks,
+                     epochs=state.epochs)  # fmt: skip
+    if payload["history"] is not None:
         state.history = History.from_dict(payload["history"])
         state.history.device = str(run.runtime.device)
-    for callback, saved in zip(state.callbacks, payload.get("callbacks", []), strict=False):
-        callback.load_state_dict(saved)
-    set_rng_state(payload["rng"], generator)
     state.history.interrupted = False
-    return int(payload.get("epoch") or 0) + 1
+    state.stop_training = payload.get("stopped", False)
+    if state.stop_training:
+        logger.info("fit: the run in %s was stopped by a callback; no epoch to train", path)
+    return int(payload["epoch"] or 0) + 1
 
 
 def _prepare_data(
@@ -120,13 +120,16 @@ def _prepare_data(
     ctx: _distributed.DistContext | None,
     *,
     seed: int | None,
+    resuming: bool,
     batch_size: int,
     drop_last: bool | None,
     data_on_device: bool | None,
 ) -> tuple[torch.Generator, Batches, Batches | None]:
     """The shuffling generator and the training and validation batches, checked."""
     dev = runtime.device
-    shuffle_seed = _shuffle_seed(seed, ctx, dev)
+    # A resumed run's generator state comes from the checkpoint: drawing a seed from the
+    # global RNG would change it before the checkpoint is checked.
+    shuffle_seed = _shuffle_seed(0 if seed is None and resuming else seed, ctx, dev)
     generator = torch.Generator().manual_seed(shuffle_seed)
     shard: Shard | None = (ctx.rank, ctx.world_size) if ctx is not None else None
     train_spec = Batching(
@@ -193,9 +196,10 @@ def _build_run(
     )  # fmt: skip
     per_batch = steps_per_batch(sched, options.scheduler_interval)
     guard = options.nan_guard and any(True for _ in model.buffers())
+    hooked = hook_order(callbacks)  # ModelCheckpoints last: their files hold the others' state
     step = Step(
         opt, state.scaler, options.grad_clip, sched if per_batch else None, options.nan_guard,
-        state, callbacks, skip_single=options.drop_last is None and _has_batchnorm(model),
+        state, hooked, skip_single=options.drop_last is None and _has_batchnorm(model),
         buffers=BufferGuard(model) if guard else None,
     )  # fmt: skip
     return Run(model, net, train_batches, val, loss_fn, metric_list, runtime, step, state, sched,
@@ -303,9 +307,12 @@ def fit(
         grad_clip: Clip the global gradient norm to this value before each step.
         resume_from: A checkpoint from [`ModelCheckpoint`][convkit.ModelCheckpoint] (or
             ``save_checkpoint``): restores the weights, optimizer, scheduler, scaler,
-            History, callbacks and every RNG, and continues after its epoch up to
-            ``epochs``. A CPU run resumed this way ends bit for bit where the
-            uninterrupted run would.
+            History, callbacks (matched by ``state_key``) and every RNG, and continues
+            after its epoch up to ``epochs``; a run a callback had stopped trains no
+            further. Everything is checked against the model, optimizer and callbacks
+            before anything changes. A file written after Ctrl-C (mid-epoch weights)
+            and a checkpoint past ``epochs`` are refused. A CPU run resumed this way
+            ends bit for bit where the uninterrupted run would.
         nan_guard: Check every training batch's loss and gradient norm; a NaN or
             infinite one raises [`NonFiniteLossError`][convkit.NonFiniteLossError]
             (naming the epoch and batch, both from 1) before the optimizer steps on it,
@@ -325,8 +332,9 @@ def fit(
 
     Interrupting (Ctrl-C) stops after the current batch, so the model, optimizer and
     scheduler are consistent: the progress bar closes, callbacks get ``on_train_end``
-    with ``state.epoch`` the last completed epoch, and the History of the completed
-    epochs is returned with ``history.interrupted = True``. A second Ctrl-C raises
+    with ``state.epoch`` the last completed epoch (a ``ModelCheckpoint`` saves to a
+    separate ``.interrupted`` file), and the History of the completed epochs is
+    returned with ``history.interrupted = True``. A second Ctrl-C raises
     ``KeyboardInterrupt`` at once. (On a thread other than the main one, Python
     delivers no Ctrl-C; the previous SIGINT handler is restored when ``fit`` returns.)
 
@@ -392,7 +400,8 @@ def fit(
     ctx = _distributed.setup()
     try:
         generator, train_batches, val = _prepare_data(
-            model, train_data, val_data, runtime, ctx, seed=seed, batch_size=batch_size,
+            model, train_data, val_data, runtime, ctx, seed=seed, resuming=resume_from is not None,
+            batch_size=batch_size,
             drop_last=drop_last, data_on_device=data_on_device,
         )  # fmt: skip
     except BaseException:
