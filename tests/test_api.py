@@ -12,7 +12,7 @@ PUBLIC = {
     "CNN", "ConvBlock", "Flatten", "History", "MLPHead", "available_devices", "build_cnn",
     "DropPath", "ResidualBlock", "SeparableConv", "SqueezeExcite", "init_weights",
     "datasets", "evaluate", "fit", "mnist", "mnist_sample", "predict", "resolve_device", "shapes",
-    "DescribedModel", "NonFiniteLossError",
+    "DescribedModel", "NonFiniteLossError", "summary",
     "viz",
 }  # fmt: skip
 
@@ -40,6 +40,7 @@ def test_signatures_are_the_documented_ones() -> None:
         ("in_channels", pos, inspect.Parameter.empty),
         ("out_channels", pos, inspect.Parameter.empty),
         ("kernel_size", pos, 3),
+        ("dims", kw, 2),
         ("stride", kw, 1),
         ("padding", kw, "same"),
         ("dilation", kw, 1),
@@ -73,9 +74,10 @@ def test_signatures_are_the_documented_ones() -> None:
         ("dropout", kw, 0.0),
         ("order", kw, "conv-norm-act-pool-dropout"),
         ("hidden", kw, (128,)),
-        ("head_act", kw, None),
+        ("head_act", kw, "inherit"),
         ("head_norm", kw, None),
         ("head_dropout", kw, 0.0),
+        ("head_pool", kw, None),
         ("features", kw, None),
     ]
     assert _params(convkit.ResidualBlock) == [

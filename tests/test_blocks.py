@@ -7,6 +7,8 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from convkit import ConvBlock, Flatten, build_cnn
@@ -435,3 +437,157 @@ def test_in_place_activations_give_the_same_gradients(order: str, act: str) -> N
     torch.testing.assert_close(x.grad, y.grad)
     for p, q in zip(block.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad)
+
+
+# ------------------------------------------------------- geometry, dims and early checks
+
+CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+
+
+@pytest.mark.parametrize("perm", list(itertools.permutations(STAGES)), ids="-".join)
+def test_output_size_follows_order_like_a_real_forward(perm: tuple[str, ...]) -> None:
+    # The pool may come before the conv: the size must follow the block's own order.
+    block = ConvBlock(1, 2, 3, padding="valid", pool="max", pool_size=(2, 3), dropout=0.1,
+                      norm="group", order="-".join(perm)).eval()  # fmt: skip
+    for size in [(7, 7), (9, 14), (12, 8), (5, 20)]:
+        predicted = block.output_size(size)
+        if min(predicted) < 1:
+            with pytest.raises(RuntimeError):
+                block(torch.zeros(1, 1, *size))
+        else:
+            assert tuple(block(torch.zeros(1, 1, *size)).shape[2:]) == predicted
+
+
+def test_output_size_of_pool_then_conv_is_the_real_one() -> None:
+    block = ConvBlock(1, 4, 3, order="pool-conv-norm-act", pool="max", padding="valid").eval()
+    assert block.output_size((7, 7)) == (1, 1) == tuple(block(torch.zeros(1, 1, 7, 7)).shape[2:])
+
+
+@pytest.mark.parametrize(
+    ("dims", "norm", "pool", "dropout"),
+    [
+        (1, nn.BatchNorm1d, nn.MaxPool1d, nn.Dropout1d),
+        (2, nn.BatchNorm2d, nn.MaxPool2d, nn.Dropout2d),
+        (3, nn.BatchNorm3d, nn.MaxPool3d, nn.Dropout3d),
+    ],
+)
+def test_dims_pick_matching_layers(dims: int, norm, pool, dropout) -> None:
+    block = ConvBlock(2, 4, dims=dims, pool="max", dropout=0.2)
+    assert type(block.conv) is CONVS[dims] and type(block.norm) is norm
+    assert type(block.pool) is pool and type(block.dropout) is dropout
+    assert block.dims == dims and block.conv.weight.shape == (4, 2, *(3,) * dims)
+    assert isinstance(
+        ConvBlock(2, 4, dims=dims, norm="instance").norm, getattr(nn, f"InstanceNorm{dims}d")
+    )
+    assert block(torch.randn(2, 2, *(8,) * dims)).shape == (2, 4, *(4,) * dims)
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_block_equals_a_hand_built_torch_stack(dims: int) -> None:
+    torch.manual_seed(0)
+    block = ConvBlock(3, 4, 3, dims=dims, stride=2, pool="avg", order="conv-pool-norm-act").eval()
+    ref = nn.Sequential(
+        CONVS[dims](3, 4, 3, stride=2, padding=1, bias=True),
+        getattr(nn, f"AvgPool{dims}d")(2),
+        getattr(nn, f"BatchNorm{dims}d")(4),
+        nn.ReLU(),
+    ).eval()
+    ref.load_state_dict(dict(zip(ref.state_dict(), block.state_dict().values(), strict=True)))
+    x = torch.randn(2, 3, *(9,) * dims)
+    torch.testing.assert_close(block(x), ref(x), rtol=0, atol=0)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    dims=st.sampled_from([1, 2, 3]),
+    data=st.data(),
+)
+def test_same_padding_per_dim_matches_torch_conv(dims: int, data) -> None:
+    # "same" for any kernel, stride and dilation per dimension: ceil(size / stride), and
+    # exactly a torch ConvNd on the input zero-padded D(K-1)//2 before, the rest after.
+    ints = lambda lo, hi: st.tuples(*[st.integers(lo, hi)] * dims)  # noqa: E731
+    kernel, stride = data.draw(ints(1, 5)), data.draw(ints(1, 3))
+    dilation, size = data.draw(ints(1, 2)), data.draw(ints(1, 9))
+    block = ConvBlock(1, 2, kernel, dims=dims, stride=stride, dilation=dilation,
+                      norm=None, act=None, bias=True)  # fmt: skip
+    x = torch.randn(1, 1, *size)
+    out = block(x)
+    assert tuple(out.shape[2:]) == tuple(-(-s // st_) for s, st_ in zip(size, stride, strict=True))
+    assert block.output_size(size) == tuple(out.shape[2:])
+    ref = CONVS[dims](1, 2, kernel, stride=stride, dilation=dilation)
+    ref.load_state_dict(block.conv.state_dict())
+    pads = []
+    for k, d in reversed(list(zip(kernel, dilation, strict=True))):
+        total = d * (k - 1)
+        pads += [total // 2, total - total // 2]
+    torch.testing.assert_close(out, ref(F.pad(x, pads)))
+
+
+@pytest.mark.parametrize(
+    ("act", "match"),
+    [
+        (torch.relu, r"`act`.*function applied to tensors.*'relu' or the module class nn.ReLU"),
+        (F.relu, r"`act`.*function applied to tensors.*'relu' or the module class nn.ReLU"),
+        (F.gelu, r"`act`.*'gelu' or the module class nn.GELU"),
+        (torch.tanh, r"`act`.*'tanh' or the module class nn.Tanh"),
+        (torch.nn.functional.softplus, r"`act`.*a name such as 'relu', an nn.Module subclass"),
+    ],
+)
+def test_activation_function_instead_of_layer_says_what_to_pass(act, match: str) -> None:
+    with pytest.raises(TypeError, match=match):
+        ConvBlock(1, 2, act=act)
+
+
+@pytest.mark.parametrize(
+    ("dims", "norm", "fix"),
+    [
+        (2, nn.BatchNorm1d, r"norm='batch'.*nn.BatchNorm2d"),
+        (1, nn.BatchNorm2d, r"norm='batch'.*nn.BatchNorm1d"),
+        (3, nn.InstanceNorm2d, r"norm='instance'.*nn.InstanceNorm3d"),
+    ],
+)
+def test_norm_class_for_other_dims_says_what_to_pass(dims: int, norm, fix: str) -> None:
+    with pytest.raises(ValueError, match=rf"`norm`.*{norm.__name__}.*{dims}-D.*{fix}"):
+        ConvBlock(1, 2, dims=dims, norm=norm)
+    right = getattr(nn, f"BatchNorm{dims}d")
+    assert type(ConvBlock(1, 2, dims=dims, norm=right).norm) is right
+
+
+@pytest.mark.parametrize(
+    ("act", "function"),
+    [
+        (nn.ReLU(inplace=True), F.relu),
+        (lambda: nn.ReLU(inplace=True), F.relu),
+        (nn.LeakyReLU(0.1, inplace=True), lambda x: F.leaky_relu(x, 0.1)),
+    ],
+)
+def test_in_place_activation_as_first_stage_leaves_the_input_alone(act, function) -> None:
+    block = ConvBlock(2, 4, norm=None, act=act, order="act-conv")
+    x = torch.randn(2, 2, 6, 6)
+    before = x.clone()
+    out = block(x)
+    assert torch.equal(x, before)  # the caller's tensor still has its negative values
+    torch.testing.assert_close(out, block.conv(function(before)), rtol=0, atol=0)
+    assert ConvBlock(2, 4, act=act).act.inplace  # elsewhere the user's in-place choice stays
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"dims": 4}, ValueError, r"`dims`.*1 \(sequences.*2 \(images.*3 \(volumes.*dims=4"),
+        ({"dims": 2.0}, TypeError, r"`dims`.*dims=2.0"),
+        ({"dims": 1, "kernel_size": (3, 3)}, ValueError,
+         r"`kernel_size`.*tuple of 1 positive ints.*\(3, 3\)"),
+        ({"dims": 3, "stride": (1, 2)}, ValueError, r"`stride`.*tuple of 3 positive ints"),
+        ({"groups": 3}, ValueError, r"`groups`.*one of 1, 2, 4.*groups=3"),
+    ],
+)  # fmt: skip
+def test_bad_dims_arguments(kwargs: dict, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        ConvBlock(4, 8, **kwargs)
+
+
+@pytest.mark.parametrize(("dims", "shape"), [(1, r"\(N, 3, L\)"), (3, r"\(N, 3, D, H, W\)")])
+def test_forward_shape_error_names_the_dims(dims: int, shape: str) -> None:
+    with pytest.raises(ValueError, match=rf"{shape}.*\(2, 3, 8, 8\)"):
+        ConvBlock(3, 4, dims=dims)(torch.randn(2, 3, 8, 8))

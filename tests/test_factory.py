@@ -132,10 +132,24 @@ def test_head_options() -> None:
     model = build_cnn(
         (1, 16, 16), 3, act="gelu", hidden=(32, 16), head_norm="layer", head_dropout=0.3
     )
-    assert isinstance(model.head.act1, nn.GELU)  # head_act=None -> same as act
+    assert isinstance(model.head.act1, nn.GELU)  # the default head_act inherits act
     assert isinstance(model.head.norm2, nn.LayerNorm) and model.head.dropout1.p == 0.3
     model = build_cnn((1, 16, 16), 3, act="gelu", head_act="tanh")
     assert isinstance(model.head.act1, nn.Tanh)
+    model = build_cnn((1, 16, 16), 3, act=("relu", "silu"), hidden=(8,))
+    assert isinstance(model.head.act1, nn.SiLU)  # inherits act's last entry
+
+
+def test_head_act_none_switches_the_head_activation_off() -> None:
+    # None means "off", as for every other layer option; it used to mean "same as act".
+    model = build_cnn((1, 16, 16), 3, act="gelu", hidden=(32, 16), head_act=None)
+    assert [n for n, _ in model.head.named_children()] == ["linear1", "linear2", "output"]
+    assert not any(isinstance(m, (nn.GELU, nn.ReLU)) for m in model.head.modules())
+    x = torch.randn(4, 1, 16, 16)
+    head = model.head
+    expected = head.output(head.linear2(head.linear1(model.flatten(model.features(x)))))
+    torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
+    assert build_cnn(**model.config).head.__repr__() == model.head.__repr__()
 
 
 def test_custom_features_module() -> None:
@@ -167,7 +181,8 @@ def test_wrong_input_size_in_forward_is_explained() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"input_shape": (28, 28)}, ValueError, r"`input_shape`.*three positive ints.*\(28, 28\)"),
+        ({"input_shape": (28,)}, ValueError, r"`input_shape`.*2, 3 or 4 positive ints.*\(28,\)"),
+        ({"input_shape": (1, 2, 3, 4, 5)}, ValueError, r"`input_shape`.*\(channels, depth"),
         ({"input_shape": (1, 0, 28)}, ValueError, r"`input_shape`"),
         ({"input_shape": (1.0, 28, 28)}, ValueError, r"`input_shape`"),
         ({"num_classes": 0}, ValueError, r"`num_classes`"),
@@ -182,6 +197,12 @@ def test_wrong_input_size_in_forward_is_explained() -> None:
         ({"dropout": 1.5}, ValueError, r"`dropout`.*block 1 of 2"),
         ({"order": "conv-conv"}, ValueError, r"`order`.*more than once"),
         ({"kernel_size": 0}, ValueError, r"`kernel_size`.*block 1 of 2"),
+        ({"head_pool": "mean"}, ValueError, r"`head_pool`.*'mean'.*'avg', 'max', 'avgmax'"),
+        ({"head_pool": True}, TypeError, r"`head_pool`.*'avg', 'max', 'avgmax' or None"),
+        ({"head_act": "swish"}, ValueError, r"`head_act`.*'swish'"),
+        ({"head_norm": nn.BatchNorm2d}, ValueError, r"`head_norm`.*BatchNorm2d.*nn.BatchNorm1d"),
+        ({"norm": nn.BatchNorm1d}, ValueError, r"`norm`.*BatchNorm1d.*2-D.*norm='batch'"),
+        ({"head_dropout": 1.0}, ValueError, r"`head_dropout`"),
     ],
 )
 def test_bad_arguments(kwargs: dict, error: type, match: str) -> None:
@@ -216,3 +237,114 @@ def test_features_that_fail_on_the_input_chain_the_error() -> None:
 def test_features_type_checked() -> None:
     with pytest.raises(TypeError, match=r"`features`"):
         build_cnn((1, 28, 28), 10, features=lambda x: x)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------ dims and global pooling
+
+
+@pytest.mark.parametrize(
+    ("input_shape", "conv", "norm", "pool"),
+    [
+        ((28, 28), nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d),
+        ((1, 28, 28), nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d),
+        ((2, 8, 12, 10), nn.Conv3d, nn.BatchNorm3d, nn.MaxPool3d),
+    ],
+)
+def test_dims_follow_the_length_of_input_shape(input_shape, conv, norm, pool) -> None:
+    model = build_cnn(input_shape, 5, channels=(4, 8), dropout=0.1, hidden=(6,))
+    block = model.features.block1
+    assert type(block.conv) is conv and type(block.norm) is norm and type(block.pool) is pool
+    assert model.dims == len(input_shape) - 1 == block.dims
+    assert model.feature_shape == (8, *(s // 4 for s in input_shape[1:]))
+    assert model(torch.randn(3, *input_shape)).shape == (3, 5)
+
+
+def test_global_pool_model_runs_on_three_input_sizes_and_refuses_smaller_ones() -> None:
+    torch.manual_seed(0)
+    model = build_cnn((1, 28, 28), 10, channels=(8, 16), kernel_size=5, padding="valid",
+                      head_pool="avg", hidden=(12,)).eval()  # fmt: skip
+    assert [n for n, _ in model.named_children()] == ["features", "global_pool", "flatten", "head"]
+    assert model.head.in_features == model.num_features == 16
+    # conv5 (-4) -> pool2 -> conv5 (-4) -> pool2: the smallest input that leaves 1x1 is 16
+    assert model.min_input_shape == (1, 16, 16)
+    for size in [(16, 16), (28, 28), (45, 33)]:
+        x = torch.rand(2, 1, *size)
+        pooled = model.features(x).mean(dim=(2, 3))  # global average pooling by hand
+        torch.testing.assert_close(model(x), model.head(pooled))
+    with pytest.raises(ValueError, match=r"\(N, 1, >=16, >=16\).*at least \(16, 16\).*"
+                       r"\(2, 1, 15, 40\)"):  # fmt: skip
+        model(torch.rand(2, 1, 15, 40))
+    with pytest.raises(ValueError, match=r"\(N, 1, >=16, >=16\)"):
+        model(torch.rand(2, 3, 28, 28))  # wrong channels: said before any layer runs
+
+
+@pytest.mark.parametrize("kind", ["avg", "max", "avgmax"])
+@pytest.mark.parametrize("input_shape", [(3, 20), (1, 12, 14), (2, 6, 8, 8)])
+def test_head_pool_kinds_match_torch_reductions(kind: str, input_shape) -> None:
+    torch.manual_seed(0)
+    model = build_cnn(input_shape, 4, channels=(5,), head_pool=kind, hidden=()).eval()
+    x = torch.randn(2, *input_shape)
+    feats = model.features(x).flatten(2)
+    pooled = {"avg": feats.mean(2), "max": feats.amax(2),
+              "avgmax": 0.5 * (feats.mean(2) + feats.amax(2))}[kind]  # fmt: skip
+    torch.testing.assert_close(model(x), model.head(pooled))
+
+
+def test_min_input_shape_is_the_smallest_size_that_runs() -> None:
+    model = build_cnn((1, 40, 40), 3, channels=(4, 4, 4), kernel_size=[3, (5, 3), 3],
+                      stride=(1, 2, 1), padding="valid", head_pool="max").eval()  # fmt: skip
+    c, h, w = model.min_input_shape
+    model(torch.zeros(1, c, h, w))
+    for smaller in [(h - 1, w), (h, w - 1)]:
+        with pytest.raises(RuntimeError):  # torch itself fails: the bound is tight
+            model.global_pool(model.features(torch.zeros(1, c, *smaller)))
+
+
+def test_global_pool_over_custom_features() -> None:
+    features = nn.Sequential(nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2))
+    model = build_cnn((1, 28, 28), 4, features=features, head_pool="avg", hidden=())
+    assert model.min_input_shape == (1, 6, 6) and model.num_features == 6
+    assert model(torch.rand(2, 1, 50, 7)).shape == (2, 4)
+    flat = nn.Sequential(nn.Conv2d(1, 6, 5), nn.Flatten())
+    with pytest.raises(ValueError, match=r"`head_pool`.*\(C, H, W\).*\(3456,\)"):
+        build_cnn((1, 28, 28), 4, features=flat, head_pool="avg")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"input_shape": (1, 28, 28), "head_pool": "avgmax", "head_act": None},
+        {"input_shape": (28, 28), "channels": (8, 16), "kernel_size": 5, "head_pool": "avg"},
+        {"input_shape": (1, 6, 12, 12), "channels": (4,), "pool_size": (1, 2, 2)},
+    ],
+)
+def test_config_round_trips_through_a_checkpoint(tmp_path, kwargs: dict) -> None:
+    from convkit import load_model, save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_cnn(num_classes=3, **kwargs).eval()
+    save_checkpoint(tmp_path / "m.pt", model)
+    loaded = load_model(tmp_path / "m.pt").eval()
+    assert str(loaded) == str(model) and loaded.min_input_shape == model.min_input_shape
+    x = torch.randn(2, *model.input_shape)
+    torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
+def test_notebook_network_is_unchanged_by_the_new_options() -> None:
+    model = build_cnn((1, 28, 28), 10, **NOTEBOOK)
+    assert model.min_input_shape is None and not hasattr(model, "global_pool")
+    assert model.config is not None and model.config["head_pool"] is None
+    assert model.config["head_act"] == "inherit"
+
+
+def test_training_side_takes_any_size_a_global_pool_model_takes(sample_test) -> None:
+    from convkit import evaluate
+
+    images, labels = sample_test[0][:64], sample_test[1][:64]
+    bigger = torch.nn.functional.pad(images, (4, 4, 4, 4))  # the same digits on 36x36
+    pooled = build_cnn((1, 28, 28), 10, channels=(8,), head_pool="avg")
+    result = evaluate(pooled, (bigger, labels), device="cpu")
+    assert 0.0 <= result["accuracy"] <= 1.0
+    flat = build_cnn((1, 28, 28), 10, channels=(8,))
+    with pytest.raises(ValueError, match=r"input_shape \(1, 28, 28\)"):
+        evaluate(flat, (bigger, labels), device="cpu")

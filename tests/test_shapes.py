@@ -103,6 +103,9 @@ def test_conv_macs_counts_multiplies_of_the_notebook_conv() -> None:
         (lambda: conv_output_size(5, 3, padding=-1), r"`padding`"),
         (lambda: same_padding(0), r"`kernel_size`"),
         (lambda: conv_params(6, 4, 3, groups=4), r"`groups`.*divisor"),
+        (lambda: conv_params(6, 4, (3, 3, 0)), r"`kernel_size`.*tuple of 3"),
+        (lambda: conv_macs(1, 4, (3, 3), (5, 5, 5)), r"`output_size`.*tuple of 2"),
+        (lambda: conv_output_size(5, 3, padding=(1, 1, 1)), r"`padding`.*\(before, after\)"),
     ],
 )
 def test_bad_arguments(call, match: str) -> None:
@@ -200,3 +203,138 @@ def test_conv_macs_matches_torch_flop_counter(
         out = conv(torch.zeros(1, cin, size, size))
     macs = conv_macs(cin, cout, kernel, (out.shape[2], out.shape[3]), groups=groups)
     assert 2 * macs == counter.get_total_flops()  # one multiply-accumulate is two FLOPs
+
+
+# ------------------------------------------------------------------ per dimension
+
+from convkit.shapes import layer_output_size, min_input_size, output_size  # noqa: E402
+
+_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_POOL = {("max", 1): nn.MaxPool1d, ("max", 2): nn.MaxPool2d, ("max", 3): nn.MaxPool3d,
+         ("avg", 1): nn.AvgPool1d, ("avg", 2): nn.AvgPool2d, ("avg", 3): nn.AvgPool3d}  # fmt: skip
+
+
+@pytest.mark.parametrize(("kernel", "padding"), [(2, 2), (3, 2), (5, 3), (1, 1)])
+def test_pool_output_size_refuses_what_torch_refuses(kernel: int, padding: int) -> None:
+    with pytest.raises(RuntimeError, match="pad should be at most half"):
+        nn.MaxPool2d(kernel, padding=padding)(torch.zeros(1, 1, 9, 9))
+    with pytest.raises(ValueError, match=rf"`padding`.*kernel_size // 2 = {kernel // 2}.*"
+                       rf"padding={padding} with kernel_size={kernel}"):  # fmt: skip
+        pool_output_size(5, kernel, padding=padding)
+
+
+def _layer(dims: int, kind: str, kernel, stride, padding, dilation, ceil_mode) -> nn.Module:
+    if kind == "conv":
+        return _CONV[dims](1, 1, kernel, stride=stride, padding=padding, dilation=dilation)
+    if kind == "max":
+        return _POOL["max", dims](kernel, stride, padding, dilation, ceil_mode=ceil_mode)
+    return _POOL["avg", dims](kernel, stride, padding, ceil_mode=ceil_mode)
+
+
+@settings(max_examples=80, deadline=None)
+@given(dims=st.sampled_from([1, 2, 3]), kind=st.sampled_from(["conv", "max", "avg"]),
+       data=st.data())  # fmt: skip
+def test_layer_output_size_matches_torch_per_dim(dims: int, kind: str, data) -> None:
+    tup = lambda lo, hi: st.tuples(*[st.integers(lo, hi)] * dims)  # noqa: E731
+    kernel, stride, dilation = data.draw(tup(1, 4)), data.draw(tup(1, 3)), data.draw(tup(1, 2))
+    padding = tuple(data.draw(st.integers(0, k // 2)) for k in kernel)
+    size = data.draw(tup(1, 9))
+    layer = _layer(dims, kind, kernel, stride, padding, dilation, data.draw(st.booleans()))
+    expected = layer_output_size(layer, size)
+    if min(expected) < 1:
+        with pytest.raises(RuntimeError):
+            layer(torch.zeros(1, 1, *size))
+    else:
+        assert tuple(layer(torch.zeros(1, 1, *size)).shape[2:]) == expected
+
+
+def test_layer_output_size_of_torch_same_adaptive_and_other_layers() -> None:
+    assert layer_output_size(nn.Conv1d(1, 1, 4, padding="same", dilation=2), (9,)) == (9,)
+    assert layer_output_size(nn.Conv2d(1, 1, 3, padding="valid"), (9, 5)) == (7, 3)
+    assert layer_output_size(nn.AdaptiveAvgPool2d((None, 1)), (9, 5)) == (9, 1)
+    assert layer_output_size(nn.ReLU(), (4, 4, 4)) == (4, 4, 4)
+    with pytest.raises(ValueError, match=r"`size`.*Conv3d is 3-D.*3 entries"):
+        layer_output_size(nn.Conv3d(1, 1, 3), (9, 9))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["conv", "max", "avg"]), st.integers(1, 5),
+                          st.integers(1, 3), st.integers(1, 2)), min_size=1, max_size=4),
+       st.sampled_from([1, 2]))  # fmt: skip
+def test_min_input_size_is_the_smallest_input_that_runs(spec, dims: int) -> None:
+    layers = [_layer(dims, kind, k, s, 0, d if kind != "avg" else 1, False)
+              for kind, k, s, d in spec]  # fmt: skip
+    net = nn.Sequential(*layers)
+    smallest = min_input_size(net, dims)
+    assert all(n >= 1 for n in net(torch.zeros(1, 1, *smallest)).shape[2:])
+    for d in range(dims):
+        if smallest[d] > 1:
+            size = list(smallest)
+            size[d] -= 1
+            assert min(output_size(net, size)) < 1
+            with pytest.raises(RuntimeError):
+                net(torch.zeros(1, 1, *size))
+
+
+def _gradient_footprint(layers: list[nn.Module], dims: int, size: int = 40) -> tuple[int, ...]:
+    net = nn.Sequential(*layers).double()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.fill_(1.0)
+    x = torch.zeros(1, 1, *(size,) * dims, dtype=torch.float64, requires_grad=True)
+    out = net(x)
+    out[(0, 0, *(n // 2 for n in out.shape[2:]))].backward()
+    grad = x.grad[0, 0].abs()
+    extent = []
+    for d in range(dims):
+        others = tuple(i for i in range(dims) if i != d)
+        hit = (grad.sum(others) if others else grad).nonzero()
+        extent.append(int(hit.max() - hit.min() + 1))
+    return tuple(extent)
+
+
+@pytest.mark.parametrize("dims", [1, 3])
+def test_receptive_field_per_dim_matches_the_gradient_footprint(dims: int) -> None:
+    layers = [_CONV[dims](1, 1, 3, dilation=2, bias=False), _POOL["avg", dims](2),
+              _CONV[dims](1, 1, 2, stride=2, bias=False), _POOL["avg", dims](3, 1)]  # fmt: skip
+    field = receptive_field(layers)
+    assert len(field) == dims
+    assert field == _gradient_footprint(layers, dims)
+    with pytest.raises(ValueError, match=r"`layers`.*mix 1-D and 2-D"):
+        receptive_field([nn.Conv1d(1, 1, 3), nn.Conv2d(1, 1, 3)])
+
+
+@pytest.mark.parametrize("kernel", [3, (3, 5), (2, 3, 4)])
+def test_conv_params_and_macs_per_dim_match_torch(kernel) -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    dims = 2 if isinstance(kernel, int) else len(kernel)
+    conv = _CONV[dims](4, 6, kernel, groups=2)
+    assert conv_params(4, 6, kernel, groups=2) == sum(p.numel() for p in conv.parameters())
+    with FlopCounterMode(display=False) as counter:
+        out = conv(torch.zeros(1, 4, *(7,) * dims))
+    macs = conv_macs(4, 6, kernel, tuple(out.shape[2:]), groups=2)
+    assert 2 * macs == counter.get_total_flops()
+    assert conv_params(4, 6, 3, dims=1) == 6 * 4 * 3 + 6
+
+
+def test_summary_uses_the_models_own_input_shape() -> None:
+    model = build_cnn((28, 28), 10, channels=(8,), hidden=(), head_pool="max")  # 1-D
+    table = summary(model)
+    assert table.input_shape == (28, 28)
+    conv = table.rows[0]
+    assert conv["output_shape"] == (8, 28) and conv["receptive_field"] == (3,)
+    assert conv["macs"] == conv_macs(28, 8, 3, (28,))
+    assert table.rows[-1]["output_shape"] == (10,)
+    assert summary(model, (28, 40)).rows[0]["output_shape"] == (8, 40)  # explicit shape wins
+    with pytest.raises(TypeError, match=r"`input_shape`.*no `input_shape` attribute.*Linear"):
+        summary(nn.Linear(2, 2))
+
+
+def test_top_level_summary_is_shapes_summary() -> None:
+    import convkit
+
+    assert convkit.summary is summary
+    model = build_cnn((1, 12, 12), 3, channels=(4,), hidden=(), head_pool="avg")
+    assert isinstance(model, convkit.DescribedModel)
+    assert str(convkit.summary(model)) == str(summary(model, (1, 12, 12)))

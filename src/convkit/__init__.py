@@ -22,6 +22,7 @@ from .init import init_weights
 from .loading import load_model
 from .residual import ResidualBlock
 from .separable import SeparableConv
+from .shapes import summary
 from .squeeze_excite import SqueezeExcite
 from .training import evaluate, fit, predict
 
@@ -60,5 +61,6 @@ __all__ = [
     "resolve_device",
     "save_checkpoint",
     "shapes",
+    "summary",
     "viz",
 ]

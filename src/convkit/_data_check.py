@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ._probe import infer_output_shape
-from ._typing import model_input_shape, model_num_classes
+from ._typing import model_input_shape, model_num_classes, takes_sample_shape
 
 
 class DataCheck:
@@ -30,7 +30,9 @@ class DataCheck:
                 f"Invalid data in `{self.name}`: inputs have dtype {inputs.dtype}; the model "
                 "needs floating-point inputs. Convert them, e.g. images.float() / 255."
             )
-        if self.input_shape is not None and tuple(inputs.shape[1:]) != self.input_shape:
+        if self.input_shape is not None and not takes_sample_shape(
+            self.model, tuple(inputs.shape[1:])
+        ):
             raise ValueError(
                 f"Invalid data in `{self.name}`: inputs of shape {tuple(inputs.shape)} don't match "
                 f"the model's input_shape {self.input_shape}; expected (N, "

@@ -32,27 +32,54 @@ def check_positive_int(name: str, value: Any, *, allow_zero: bool = False) -> in
     return int(value)
 
 
-def check_int_or_pair(name: str, value: Any, *, allow_zero: bool = False) -> tuple[int, int]:
-    """Return ``value`` as an ``(h, w)`` pair of positive ints, else raise."""
+def check_int_or_tuple(
+    name: str,
+    value: Any,
+    length: int = 2,
+    *,
+    allow_zero: bool = False,
+    meaning: str = "one per spatial dimension",
+) -> tuple[int, ...]:
+    """Return ``value`` as a tuple of ``length`` positive ints, else raise.
+
+    An int is repeated ``length`` times; a sequence must have exactly ``length`` entries
+    (``meaning`` says what they stand for in the message, e.g. "(before, after)").
+    """
+    kind = "non-negative" if allow_zero else "positive"
+    expected = (
+        f"Expected a {kind} int or a tuple of {length} {kind} ints ({meaning}). "
+        f"Received {name}={value!r}."
+    )
     if isinstance(value, Sequence) and not isinstance(value, str):
-        if len(value) != 2:
-            raise ValueError(
-                f"Invalid value for argument `{name}`. Expected an int or a pair of ints "
-                f"(height, width). Received {name}={value!r}."
-            )
-        pair = tuple(value)
+        if len(value) != length:
+            raise ValueError(f"Invalid value for argument `{name}`. {expected}")
+        items = tuple(value)
     else:
-        pair = (value, value)
-    for item in pair:
+        items = (value,) * length
+    for item in items:
         try:
             check_positive_int(name, item, allow_zero=allow_zero)
         except (TypeError, ValueError) as err:
-            kind = "non-negative" if allow_zero else "positive"
-            raise type(err)(
-                f"Invalid value for argument `{name}`. Expected a {kind} int or a pair of "
-                f"{kind} ints (height, width). Received {name}={value!r}."
-            ) from None
-    return (int(pair[0]), int(pair[1]))
+            kind_of_error = "type" if isinstance(err, TypeError) else "value"
+            raise type(err)(f"Invalid {kind_of_error} for argument `{name}`. {expected}") from None
+    return tuple(int(item) for item in items)
+
+
+def check_groups(in_channels: int, out_channels: int, groups: Any) -> int:
+    """Return ``groups`` if it is a positive int dividing both channel counts, else raise."""
+    check_positive_int("groups", groups)
+    if in_channels % groups or out_channels % groups:
+        divisors = [
+            g
+            for g in range(1, min(in_channels, out_channels) + 1)
+            if in_channels % g == 0 and out_channels % g == 0
+        ]
+        raise ValueError(
+            "Invalid value for argument `groups`. Expected a divisor of both "
+            f"in_channels={in_channels} and out_channels={out_channels} (one of "
+            f"{', '.join(map(str, divisors))}). Received groups={groups}."
+        )
+    return int(groups)
 
 
 def check_positive_int_sequence(

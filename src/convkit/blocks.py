@@ -1,9 +1,10 @@
 """Convolutional building blocks: ``ConvBlock`` and ``Flatten``.
 
-``ConvBlock`` is conv -> norm -> act -> pool -> dropout in any order, an
-``nn.Sequential`` with named children as torchvision's ``Conv2dNormActivation`` and
-fastai's ``ConvLayer`` are, plus TensorFlow-style ``padding="same"`` that also works
-for strided convolutions.
+``ConvBlock`` is conv -> norm -> act -> pool -> dropout in any order, in 1, 2 or 3
+spatial dimensions, an ``nn.Sequential`` with named children as torchvision's
+``Conv2dNormActivation`` and fastai's ``ConvLayer`` are (MONAI's ``Convolution`` takes
+``spatial_dims`` the same way), plus a static ``padding="same"`` that also works for
+strided convolutions.
 """
 
 from __future__ import annotations
@@ -12,26 +13,30 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ._layers import (
-    NORMS_2D,
+    CONV_NORMS,
+    DIMS,
+    DROPOUTS,
     check_act,
     check_norm,
     check_pool,
     create_act,
+    create_conv,
     create_norm,
     create_pool,
 )
-from ._typing import IntOrPair, LayerSpec, Padding
+from ._typing import IntOrTuple, LayerSpec, Padding
 from ._validation import (
-    check_int_or_pair,
+    check_groups,
+    check_int_or_tuple,
     check_positive_int,
     check_probability,
     parse_order,
 )
-from .shapes import conv_output_size, pool_output_size, same_padding
+from .shapes import output_size as stack_output_size
+from .shapes import same_padding
 
 __all__ = ["ConvBlock", "Flatten"]
 
@@ -119,101 +124,120 @@ class Flatten(nn.Flatten):
         return input
 
 
-class _AsymmetricPadConv2d(nn.Conv2d):
-    """``nn.Conv2d`` after a fixed zero-pad ``(left, right, top, bottom)``.
+#: How each number of spatial dimensions names its sizes in messages.
+_SPATIAL_NAMES = {1: "L", 2: "H, W", 3: "D, H, W"}
 
-    Used for ``padding="same"`` when the total padding is odd (even kernels), which
-    ``nn.Conv2d``'s symmetric padding can't express. It is still an ``nn.Conv2d``, so
-    its weights, ``state_dict`` keys and ``isinstance`` checks are the usual ones.
-    """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        *,
-        pad: tuple[int, int, int, int],
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(in_channels, out_channels, padding=0, **kwargs)
-        self.pad = pad
-
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return super().forward(F.pad(input, self.pad))
-
-    def extra_repr(self) -> str:
-        return f"{nn.Conv2d.extra_repr(self)}, pad={self.pad}"  # type: ignore[no-untyped-call]
+def _check_dims(dims: Any) -> int:
+    if isinstance(dims, bool) or not isinstance(dims, int):
+        raise TypeError(
+            "Invalid type for argument `dims`. Expected the int 1, 2 or 3. "
+            f"Received dims={dims!r} of type {type(dims).__name__}."
+        )
+    if dims not in DIMS:
+        raise ValueError(
+            "Invalid value for argument `dims`. Expected 1 (sequences, nn.Conv1d), 2 (images, "
+            f"nn.Conv2d) or 3 (volumes, nn.Conv3d). Received dims={dims}."
+        )
+    return dims
 
 
 def _resolve_padding(
-    padding: Padding, kernel: tuple[int, int], dilation: tuple[int, int]
-) -> tuple[tuple[int, int], tuple[int, int]]:
-    """``(before, after)`` zeros for height and for width."""
+    padding: Padding, kernel: tuple[int, ...], dilation: tuple[int, ...]
+) -> tuple[tuple[int, int], ...]:
+    """``(before, after)`` zeros for each spatial dimension."""
     if isinstance(padding, str):
         if padding == "valid":
-            return (0, 0), (0, 0)
+            return ((0, 0),) * len(kernel)
         if padding == "same":
-            return (
-                same_padding(kernel[0], dilation=dilation[0]),
-                same_padding(kernel[1], dilation=dilation[1]),
-            )
+            return tuple(same_padding(k, dilation=d) for k, d in zip(kernel, dilation, strict=True))
         raise ValueError(
             "Invalid value for argument `padding`. Expected 'same', 'valid', a non-negative "
-            f"int or a pair of them. Received padding={padding!r}."
+            f"int or one per spatial dimension. Received padding={padding!r}."
         )
-    ph, pw = check_int_or_pair("padding", padding, allow_zero=True)
-    return (ph, ph), (pw, pw)
+    pads = check_int_or_tuple("padding", padding, len(kernel), allow_zero=True)
+    return tuple((p, p) for p in pads)
+
+
+def _active_stages(order: str, settings: dict[str, Any]) -> list[str]:
+    """The stages of ``order`` that are switched on; every switched-on stage must be listed.
+
+    ``settings`` maps each optional stage to its argument's value and whether it is on.
+    """
+    stages = parse_order("order", order, STAGES, required="conv")
+    for stage, (value, on) in settings.items():
+        if on and stage not in stages:
+            raise ValueError(
+                f"Invalid value for argument `order`: {stage}={value!r} is switched on "
+                f"but {stage!r} is not in order={order!r}. Add {stage!r} to `order` or "
+                f"switch the stage off."
+            )
+    return [stage for stage in stages if stage == "conv" or settings[stage][1]]
 
 
 class ConvBlock(nn.Sequential):
-    """A 2-D convolution with optional norm, activation, pooling and dropout, in any order.
+    """A convolution with optional norm, activation, pooling and dropout, in any order.
 
     The children are named ``conv``, ``norm``, ``act``, ``pool`` and ``dropout`` and
     appear in the order given by ``order``; a stage that is switched off (``norm=None``,
-    ``act=None``, ``pool=None``, ``dropout=0``) is left out.
+    ``act=None``, ``pool=None``, ``dropout=0``) is left out. ``dims`` chooses 1-D, 2-D
+    or 3-D layers (``nn.Conv1d``/``BatchNorm1d``/``MaxPool1d``/``Dropout1d`` and so on).
 
     Args:
         in_channels: Channels of the input, ``C_in``.
         out_channels: Channels produced by the convolution, ``C_out``.
-        kernel_size: Kernel size, an int or ``(K_h, K_w)``.
-        stride: Convolution stride, an int or a pair.
-        padding: As in ``nn.Conv2d`` (an int or pair of zeros per side), ``"valid"``
-            (no padding), or ``"same"``: the output is ``ceil(input / stride)`` for any
-            kernel size, stride and dilation. ``"same"`` pads ``dilation*(K-1)`` zeros in
-            all, symmetrically where that total is even; otherwise the extra zero goes
-            to the bottom/right (as TensorFlow does) through a fixed ``F.pad``.
-        dilation: Spacing between kernel taps, an int or a pair.
+        kernel_size: Kernel size, an int or one int per spatial dimension.
+        dims: Spatial dimensions: 1 for ``(N, C, L)`` sequences, 2 (default) for
+            ``(N, C, H, W)`` images, 3 for ``(N, C, D, H, W)`` volumes.
+        stride: Convolution stride, an int or one per dimension.
+        padding: As in ``nn.Conv2d`` (an int, or one per dimension, of zeros on each
+            side), ``"valid"`` (no padding), or ``"same"``: the output is
+            ``ceil(input / stride)`` for any kernel size, stride and dilation. ``"same"``
+            pads ``dilation * (K - 1)`` zeros in all per dimension, whatever the stride
+            and the input size, symmetrically where that total is even; otherwise the
+            extra zero goes after (bottom/right) through a fixed ``F.pad``. For stride 1
+            this is exactly ``nn.Conv2d(padding="same")``. It is not TensorFlow's
+            ``"SAME"`` for stride > 1: TensorFlow pads
+            ``max((ceil(H / S) - 1) * S + D(K - 1) + 1 - H, 0)`` in total, which depends
+            on the input size, so the two can place the windows differently (for
+            ``H=16, K=3, S=2`` TensorFlow pads ``(0, 1)``, convkit ``(1, 1)``).
+        dilation: Spacing between kernel taps, an int or one per dimension.
         groups: Blocked connections, as in ``nn.Conv2d``; must divide both channel counts.
         bias: Whether the convolution has a bias. ``None`` (default): no bias when the
             norm comes right after the conv (it subtracts the per-channel mean, which
             makes a bias redundant), a bias otherwise.
-        norm: ``"batch"`` (``BatchNorm2d``), ``"group"`` (``GroupNorm`` with the largest
-            group count <= 32 dividing the channels), ``"instance"`` (affine
-            ``InstanceNorm2d``), ``"layer"`` (``GroupNorm(1, C)``), ``None``, or a callable
-            ``num_channels -> nn.Module``. A norm placed before the conv in ``order``
-            normalises ``in_channels``; after it, ``out_channels``.
+        norm: ``"batch"`` (``BatchNorm{dims}d``), ``"group"`` (``GroupNorm`` with the
+            largest group count <= 32 dividing the channels), ``"instance"`` (affine
+            ``InstanceNorm{dims}d``), ``"layer"`` (``GroupNorm(1, C)``), ``None``, or a
+            callable ``num_channels -> nn.Module``. A norm placed before the conv in
+            ``order`` normalises ``in_channels``; after it, ``out_channels``.
         act: ``"relu"``, ``"leaky_relu"``, ``"gelu"``, ``"silu"``, ``"elu"``, ``"tanh"``,
             ``"sigmoid"``, ``None``, an ``nn.Module`` subclass, a zero-argument callable
-            returning a module, or a module instance (copied). ``"relu"``,
-            ``"leaky_relu"`` and ``"elu"`` run in place (as in torchvision) unless they
-            are the block's first stage, where they would overwrite its input.
+            returning a module, or a module instance (copied); not a function applied to
+            tensors such as ``torch.relu``. ``"relu"``, ``"leaky_relu"`` and ``"elu"``
+            run in place (as in torchvision) unless they are the block's first stage,
+            where they would overwrite its input; there, an in-place module you pass is
+            made out-of-place too.
         pool: ``"max"``, ``"avg"`` or ``None``.
-        pool_size: Pooling window, also used as its stride; an int or a pair.
-        dropout: Probability in ``[0, 1)`` of zeroing a whole channel (``nn.Dropout2d``);
-            0 leaves the stage out.
+        pool_size: Pooling window, also used as its stride; an int or one per dimension.
+        dropout: Probability in ``[0, 1)`` of zeroing a whole channel
+            (``nn.Dropout{dims}d``); 0 leaves the stage out.
         order: Dash-separated stage names, each at most once, containing ``conv``, e.g.
-            ``"conv-norm-act-pool-dropout"`` (default), the teaching notebook's
-            ``"conv-pool-act-norm-dropout"``, or pre-activation ``"norm-act-conv"``.
-            Every stage that is switched on must be listed.
+            ``"conv-norm-act-pool-dropout"`` (default), ``"conv-pool-act-norm-dropout"``,
+            or pre-activation ``"norm-act-conv"``. Every stage that is switched on must
+            be listed.
 
     Attributes:
         in_channels: ``C_in``.
         out_channels: ``C_out``.
+        dims: The number of spatial dimensions.
 
     Raises:
-        ValueError: For a non-positive size, an unknown layer name, a bad ``order``,
+        ValueError: For a non-positive size, ``dims`` not 1, 2 or 3, an unknown layer
+            name, a norm class for another number of dimensions, a bad ``order``,
             ``dropout`` outside ``[0, 1)``, or ``groups`` not dividing the channels.
-        TypeError: For arguments of the wrong type.
+        TypeError: For arguments of the wrong type, or an activation function applied to
+            tensors (``torch.relu``) instead of a layer.
 
     Examples:
         >>> block = ConvBlock(1, 32, 5, padding="valid", pool="max",
@@ -226,142 +250,112 @@ class ConvBlock(nn.Sequential):
         torch.Size([8, 32, 12, 12])
         >>> ConvBlock(3, 16, 4, stride=2)(torch.zeros(1, 3, 15, 15)).shape
         torch.Size([1, 16, 8, 8])
+        >>> ConvBlock(28, 16, dims=1, pool="max")(torch.zeros(8, 28, 28)).shape
+        torch.Size([8, 16, 14])
     """
 
     in_channels: int
     out_channels: int
+    dims: int
 
     def __init__(
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size: IntOrPair = 3,
+        kernel_size: IntOrTuple = 3,
         *,
-        stride: IntOrPair = 1,
+        dims: int = 2,
+        stride: IntOrTuple = 1,
         padding: Padding = "same",
-        dilation: IntOrPair = 1,
+        dilation: IntOrTuple = 1,
         groups: int = 1,
         bias: bool | None = None,
         norm: LayerSpec = "batch",
         act: LayerSpec = "relu",
         pool: str | None = None,
-        pool_size: IntOrPair = 2,
+        pool_size: IntOrTuple = 2,
         dropout: float = 0.0,
         order: str = "conv-norm-act-pool-dropout",
     ) -> None:
         # Validate everything before building anything.
+        dims = _check_dims(dims)
         check_positive_int("in_channels", in_channels)
         check_positive_int("out_channels", out_channels)
-        kernel = check_int_or_pair("kernel_size", kernel_size)
-        strides = check_int_or_pair("stride", stride)
-        dilations = check_int_or_pair("dilation", dilation)
-        check_positive_int("groups", groups)
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(
-                "Invalid value for argument `groups`. Expected a divisor of both "
-                f"in_channels={in_channels} and out_channels={out_channels}. "
-                f"Received groups={groups}."
-            )
-        pad_h, pad_w = _resolve_padding(padding, kernel, dilations)
+        conv_args: dict[str, Any] = {
+            "kernel_size": check_int_or_tuple("kernel_size", kernel_size, dims),
+            "stride": check_int_or_tuple("stride", stride, dims),
+            "dilation": check_int_or_tuple("dilation", dilation, dims),
+            "groups": check_groups(in_channels, out_channels, groups),
+        }
+        pads = _resolve_padding(padding, conv_args["kernel_size"], conv_args["dilation"])
         if bias is not None and not isinstance(bias, bool):
             raise TypeError(
                 f"Invalid type for argument `bias`. Expected True, False or None. "
                 f"Received bias={bias!r}."
             )
-        check_norm("norm", norm, NORMS_2D)
+        check_norm("norm", norm, CONV_NORMS[dims], dims=dims)
         check_act("act", act)
         check_pool("pool", pool)
-        pools = check_int_or_pair("pool_size", pool_size)
+        pools = check_int_or_tuple("pool_size", pool_size, dims)
         p_drop = check_probability("dropout", dropout)
-        stages = parse_order("order", order, STAGES, required="conv")
-        enabled = {
-            "conv": True,
-            "norm": norm is not None,
-            "act": act is not None,
-            "pool": pool is not None,
-            "dropout": p_drop > 0,
-        }
-        for stage, on in enabled.items():
-            if on and stage not in stages:
-                setting = {"norm": norm, "act": act, "pool": pool, "dropout": dropout}[stage]
-                raise ValueError(
-                    f"Invalid value for argument `order`: {stage}={setting!r} is switched on "
-                    f"but {stage!r} is not in order={order!r}. Add {stage!r} to `order` or "
-                    f"switch the stage off."
-                )
-        active = [stage for stage in stages if enabled[stage]]
+        active = _active_stages(
+            order,
+            {
+                "norm": (norm, norm is not None),
+                "act": (act, act is not None),
+                "pool": (pool, pool is not None),
+                "dropout": (dropout, p_drop > 0),
+            },
+        )
         conv_at = active.index("conv")
         if bias is None:
-            bias = not (conv_at + 1 < len(active) and active[conv_at + 1] == "norm")
+            bias = active[conv_at + 1 : conv_at + 2] != ["norm"]
 
         super().__init__()
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self._kernel, self._stride, self._dilation = kernel, strides, dilations
-        self._padding = (pad_h, pad_w)
-        self._pool_size = pools if pool is not None else None
-
+        self.dims = dims
         for position, stage in enumerate(active):
             layer: nn.Module | None
             if stage == "conv":
-                layer = self._make_conv(groups, bias)
+                layer = create_conv(in_channels, out_channels, padding=pads, bias=bias, **conv_args)
             elif stage == "norm":
                 channels = in_channels if position < conv_at else out_channels
-                layer = create_norm("norm", norm, channels, NORMS_2D)
+                layer = create_norm("norm", norm, channels, CONV_NORMS[dims])
             elif stage == "act":
                 # never in place as the first stage: it would overwrite the block's input
                 layer = create_act("act", act, inplace=position > 0)
             elif stage == "pool":
-                # a square window prints as nn.MaxPool2d(2) does: kernel_size=2
-                layer = create_pool("pool", pool, pools[0] if pools[0] == pools[1] else pools)
+                layer = create_pool("pool", pool, pools)
             else:
-                layer = nn.Dropout2d(p_drop)
+                layer = DROPOUTS[dims](p_drop)
             self.add_module(stage, layer)  # enabled stages always build a layer
 
-    def _make_conv(self, groups: int, bias: bool) -> nn.Conv2d:
-        (top, bottom), (left, right) = self._padding
-        common: dict[str, Any] = {
-            "kernel_size": self._kernel,
-            "stride": self._stride,
-            "dilation": self._dilation,
-            "groups": groups,
-            "bias": bias,
-        }
-        if top == bottom and left == right:
-            return nn.Conv2d(self.in_channels, self.out_channels, padding=(top, left), **common)
-        return _AsymmetricPadConv2d(
-            self.in_channels, self.out_channels, pad=(left, right, top, bottom), **common
-        )
+    def output_size(self, size: tuple[int, ...]) -> tuple[int, ...]:
+        """Spatial size this block produces for an input of spatial size ``size``.
 
-    def output_size(self, size: tuple[int, int]) -> tuple[int, int]:
-        """Spatial size ``(H_out, W_out)`` this block produces for an ``(H, W)`` input.
+        Computed from the formulas in [`convkit.shapes`][convkit.shapes] for the block's
+        own layers in their ``order``, without running the block. A value below 1 means
+        the input is too small.
 
-        Computed from the formulas in [`convkit.shapes`][convkit.shapes], without running
-        the block. A value below 1 means the input is too small.
+        Args:
+            size: One int per spatial dimension: ``(L,)``, ``(H, W)`` or ``(D, H, W)``.
 
         Examples:
             >>> ConvBlock(1, 8, 5, padding="valid", pool="max").output_size((28, 28))
             (12, 12)
+            >>> ConvBlock(1, 8, 3, padding="valid", pool="max",
+            ...           order="pool-conv-norm-act").output_size((7, 7))
+            (1, 1)
         """
-        out = []
-        for dim in range(2):
-            length = conv_output_size(
-                size[dim],
-                self._kernel[dim],
-                stride=self._stride[dim],
-                padding=self._padding[dim],
-                dilation=self._dilation[dim],
-            )
-            if self._pool_size is not None and length >= 1:
-                length = pool_output_size(length, self._pool_size[dim])
-            out.append(length)
-        return out[0], out[1]
+        return stack_output_size(self, size)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if input.dim() != 4 or input.shape[1] != self.in_channels:
+        if input.dim() != self.dims + 2 or input.shape[1] != self.in_channels:
             raise ValueError(
-                f"ConvBlock expected input of shape (N, {self.in_channels}, H, W); "
-                f"received a tensor of shape {tuple(input.shape)}."
+                f"ConvBlock expected input of shape (N, {self.in_channels}, "
+                f"{_SPATIAL_NAMES[self.dims]}); received a tensor of shape "
+                f"{tuple(input.shape)}."
             )
         x = input
         for module in self:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ._layers import NORMS_1D, check_act, check_norm, create_act, create_norm
+from ._layers import FEATURE_NORMS, check_act, check_norm, create_act, create_norm
 from ._typing import LayerSpec
 from ._validation import (
     check_positive_int,
@@ -82,7 +82,7 @@ class MLPHead(nn.Sequential):
         check_positive_int("out_features", out_features)
         check_positive_int_sequence("hidden", hidden, example="(128,) or ()", allow_empty=True)
         check_act("act", act)
-        check_norm("norm", norm, NORMS_1D)
+        check_norm("norm", norm, FEATURE_NORMS, dims=0)
         p_drop = check_probability("dropout", dropout)
         stages = parse_order("order", order, STAGES, required="linear")
         if stages[0] != "linear":
@@ -110,7 +110,7 @@ class MLPHead(nn.Sequential):
                 elif stage == "act":
                     layer = create_act("act", act, inplace=True)  # never the first stage
                 elif stage == "norm":
-                    layer = create_norm("norm", norm, width, NORMS_1D)
+                    layer = create_norm("norm", norm, width, FEATURE_NORMS)
                 else:
                     layer = nn.Dropout(p_drop) if p_drop > 0 else None
                 if layer is not None:

@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._layers import NORMS_2D, check_act, check_norm, create_act
+from ._layers import CONV_NORMS, check_act, check_norm, create_act
 from ._typing import IntOrPair, LayerSpec
-from ._validation import check_int_or_pair, check_positive_int, check_probability
+from ._validation import check_int_or_tuple, check_positive_int, check_probability
 from .blocks import ConvBlock
 from .drop_path import DropPath
 from .init import check_init, init_weights
@@ -131,12 +131,13 @@ class ResidualBlock(nn.Module):
         # Validate everything before building anything.
         check_positive_int("in_channels", in_channels)
         check_positive_int("out_channels", out_channels)
-        check_int_or_pair("kernel_size", kernel_size)
-        strides = check_int_or_pair("stride", stride)
+        check_int_or_tuple("kernel_size", kernel_size, 2)
+        s_h, s_w = check_int_or_tuple("stride", stride, 2)
+        strides = (s_h, s_w)
         _check_bool("bottleneck", bottleneck)
         _check_bool("preact", preact)
         width = self._width(out_channels, bottleneck, expansion)
-        check_norm("norm", norm, NORMS_2D)
+        check_norm("norm", norm, CONV_NORMS[2], dims=2)
         check_act("act", act)
         if not isinstance(shortcut, str) or shortcut not in SHORTCUTS:
             raise ValueError(
@@ -248,7 +249,7 @@ class ResidualBlock(nn.Module):
             weight = last.conv.weight  # type: ignore[union-attr]
         nn.init.zeros_(weight)  # type: ignore[arg-type]
 
-    def output_size(self, size: tuple[int, int]) -> tuple[int, int]:
+    def output_size(self, size: tuple[int, ...]) -> tuple[int, ...]:
         """Spatial size ``(H_out, W_out)`` for an ``(H, W)`` input: ``ceil(size / stride)``.
 
         Examples:

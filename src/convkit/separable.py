@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._layers import NORMS_2D, check_act, check_norm
+from ._layers import CONV_NORMS, check_act, check_norm
 from ._typing import IntOrPair, LayerSpec, Padding
 from ._validation import check_positive_int
 from .blocks import ConvBlock
@@ -91,9 +91,9 @@ class SeparableConv(nn.Sequential):
         check_positive_int("depth_multiplier", depth_multiplier)
         # The depthwise ConvBlock checks its own arguments before it builds anything; the
         # pointwise one's are checked here, so that nothing is built when they are bad.
-        check_norm("depthwise_norm", depthwise_norm, NORMS_2D)
+        check_norm("depthwise_norm", depthwise_norm, CONV_NORMS[2], dims=2)
         check_act("depthwise_act", depthwise_act)
-        check_norm("norm", norm, NORMS_2D)
+        check_norm("norm", norm, CONV_NORMS[2], dims=2)
         check_act("act", act)
         mid = in_channels * depth_multiplier
         depthwise = ConvBlock(
@@ -115,7 +115,7 @@ class SeparableConv(nn.Sequential):
         self.depthwise = depthwise
         self.pointwise = pointwise
 
-    def output_size(self, size: tuple[int, int]) -> tuple[int, int]:
+    def output_size(self, size: tuple[int, ...]) -> tuple[int, ...]:
         """Spatial size ``(H_out, W_out)`` for an ``(H, W)`` input (the depthwise conv's).
 
         Examples:

@@ -2,7 +2,10 @@
 
 Each function is the formula that the theory page (理論解説) states, written as code
 and checked against ``torch.nn`` layers by the tests. The output-size formulas follow
-the "Shape" sections of PyTorch's ``nn.Conv2d`` and ``nn.MaxPool2d`` documentation.
+the "Shape" sections of PyTorch's ``nn.Conv1d/2d/3d`` and ``nn.MaxPool1d/2d/3d``
+documentation; every per-layer function works along one dimension, and the stack
+functions (``output_size``, ``min_input_size``, ``receptive_field``) apply them to each
+spatial dimension of 1-D, 2-D and 3-D layers.
 """
 
 from __future__ import annotations
@@ -14,21 +17,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._validation import check_positive_int
+from ._layers import AsymmetricPad
+from ._probe import infer_output_shape
+from ._typing import model_input_shape
+from ._validation import check_groups, check_int_or_tuple, check_positive_int
 
 
 def _check_padding(name: str, padding: int | tuple[int, int]) -> tuple[int, int]:
-    if isinstance(padding, tuple):
-        if len(padding) != 2:
-            raise ValueError(
-                f"Invalid value for argument `{name}`. Expected an int (each side) or a pair "
-                f"(before, after). Received {name}={padding!r}."
-            )
-        before = check_positive_int(name, padding[0], allow_zero=True)
-        after = check_positive_int(name, padding[1], allow_zero=True)
-        return before, after
-    check_positive_int(name, padding, allow_zero=True)
-    return padding, padding
+    before, after = check_int_or_tuple(name, padding, 2, allow_zero=True, meaning="before, after")
+    return before, after
 
 
 def conv_output_size(
@@ -97,7 +94,11 @@ def pool_output_size(
         ceil_mode: Round up instead of down, as in PyTorch.
 
     Returns:
-        The output length.
+        The output length. A value below 1 means the input is too small for the layer.
+
+    Raises:
+        ValueError: If an argument is negative, a size, kernel, stride or dilation is 0,
+            or ``padding`` exceeds ``kernel_size // 2`` (which torch refuses too).
 
     Examples:
         >>> pool_output_size(24, 2)
@@ -112,6 +113,13 @@ def pool_output_size(
     stride = kernel_size if stride is None else check_positive_int("stride", stride)
     check_positive_int("padding", padding, allow_zero=True)
     check_positive_int("dilation", dilation)
+    if padding > kernel_size // 2:
+        raise ValueError(
+            "Invalid value for argument `padding`. Expected at most half the window, "
+            f"kernel_size // 2 = {kernel_size // 2}, as nn.MaxPool2d and nn.AvgPool2d require "
+            f"(more would make windows of padding only). Received padding={padding} with "
+            f"kernel_size={kernel_size}."
+        )
     span = size + 2 * padding - dilation * (kernel_size - 1) - 1
     if not ceil_mode:
         return span // stride + 1
@@ -151,94 +159,274 @@ def same_padding(kernel_size: int, *, dilation: int = 1) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
+def _spatial(
+    name: str, value: int | tuple[int, ...], dims: int | None, other: Any = None
+) -> tuple[int, ...]:
+    """``value`` per spatial dimension; ``dims`` from a tuple argument when not given."""
+    if dims is None:
+        dims = next((len(v) for v in (value, other) if isinstance(v, tuple)), 2)
+    return check_int_or_tuple(name, value, dims)
+
+
 def conv_params(
     in_channels: int,
     out_channels: int,
-    kernel_size: int | tuple[int, int],
+    kernel_size: int | tuple[int, ...],
     *,
     groups: int = 1,
     bias: bool = True,
+    dims: int | None = None,
 ) -> int:
-    """Number of learnable parameters of a 2-D convolution.
+    """Number of learnable parameters of a convolution (1-D, 2-D or 3-D).
 
-    ``C_out * (C_in / groups) * K_h * K_w`` weights, plus ``C_out`` biases.
+    ``C_out * (C_in / groups) * prod(K)`` weights, plus ``C_out`` biases.
+
+    Args:
+        in_channels: ``C_in``.
+        out_channels: ``C_out``.
+        kernel_size: An int, or one int per spatial dimension.
+        groups: Blocked connections; must divide both channel counts.
+        bias: Whether the convolution has a bias.
+        dims: Spatial dimensions for an int ``kernel_size``; ``None``: the length of a
+            tuple ``kernel_size``, else 2.
 
     Examples:
         >>> conv_params(1, 32, 5)
         832
         >>> conv_params(32, 32, 3, groups=32, bias=False)
         288
+        >>> conv_params(4, 8, (3, 3, 3))
+        872
     """
-    kh, kw = _pair("kernel_size", kernel_size)
-    _check_groups(in_channels, out_channels, groups)
-    return out_channels * (in_channels // groups) * kh * kw + (out_channels if bias else 0)
+    kernel = _spatial("kernel_size", kernel_size, dims)
+    check_positive_int("in_channels", in_channels)
+    check_positive_int("out_channels", out_channels)
+    check_groups(in_channels, out_channels, groups)
+    taps = 1
+    for k in kernel:
+        taps *= k
+    return out_channels * (in_channels // groups) * taps + (out_channels if bias else 0)
 
 
 def conv_macs(
     in_channels: int,
     out_channels: int,
-    kernel_size: int | tuple[int, int],
-    output_size: int | tuple[int, int],
+    kernel_size: int | tuple[int, ...],
+    output_size: int | tuple[int, ...],
     *,
     groups: int = 1,
+    dims: int | None = None,
 ) -> int:
-    """Multiply-accumulate operations of one 2-D convolution on one sample.
+    """Multiply-accumulate operations of one convolution on one sample.
 
-    ``H_out * W_out * C_out * (C_in / groups) * K_h * K_w`` (the bias adds are not
+    ``prod(output_size) * C_out * (C_in / groups) * prod(K)`` (the bias adds are not
     counted, as is usual). One MAC is two FLOPs.
+
+    Args:
+        in_channels: ``C_in``.
+        out_channels: ``C_out``.
+        kernel_size: An int, or one int per spatial dimension.
+        output_size: The output's spatial size: an int, or one int per dimension.
+        groups: Blocked connections; must divide both channel counts.
+        dims: Spatial dimensions for int arguments; ``None``: the length of a tuple
+            argument, else 2.
 
     Examples:
         >>> conv_macs(1, 32, 5, 24)
         460800
+        >>> conv_macs(1, 8, 3, (100,))
+        2400
     """
-    kh, kw = _pair("kernel_size", kernel_size)
-    ho, wo = _pair("output_size", output_size)
-    _check_groups(in_channels, out_channels, groups)
-    return ho * wo * out_channels * (in_channels // groups) * kh * kw
-
-
-def _pair(name: str, value: int | tuple[int, int]) -> tuple[int, int]:
-    if isinstance(value, tuple):
-        if len(value) != 2:
-            raise ValueError(
-                f"Invalid value for argument `{name}`. Expected an int or a pair of ints. "
-                f"Received {name}={value!r}."
-            )
-        return check_positive_int(name, value[0]), check_positive_int(name, value[1])
-    check_positive_int(name, value)
-    return value, value
-
-
-def _check_groups(in_channels: int, out_channels: int, groups: int) -> None:
+    kernel = _spatial("kernel_size", kernel_size, dims, output_size)
+    out = _spatial("output_size", output_size, len(kernel))
     check_positive_int("in_channels", in_channels)
     check_positive_int("out_channels", out_channels)
-    check_positive_int("groups", groups)
-    if in_channels % groups or out_channels % groups:
-        raise ValueError(
-            f"Invalid value for argument `groups`. Expected a divisor of both in_channels="
-            f"{in_channels} and out_channels={out_channels}. Received groups={groups}."
+    check_groups(in_channels, out_channels, groups)
+    macs = out_channels * (in_channels // groups)
+    for value in (*kernel, *out):
+        macs *= value
+    return macs
+
+
+# ----------------------------------------------------- stacks of layers, per dimension
+
+# The layers that change the spatial size, with their number of spatial dimensions.
+_CONVS: dict[type[nn.Module], int] = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
+_POOLS: dict[type[nn.Module], int] = {
+    nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3,
+    nn.AvgPool1d: 1, nn.AvgPool2d: 2, nn.AvgPool3d: 3,
+}  # fmt: skip
+_ADAPTIVE_POOLS: dict[type[nn.Module], int] = {
+    nn.AdaptiveAvgPool1d: 1, nn.AdaptiveAvgPool2d: 2, nn.AdaptiveAvgPool3d: 3,
+    nn.AdaptiveMaxPool1d: 1, nn.AdaptiveMaxPool2d: 2, nn.AdaptiveMaxPool3d: 3,
+}  # fmt: skip
+_SPATIAL = (*_CONVS, *_POOLS)  # the layers with a kernel: they widen the receptive field
+
+
+def _dims_of(layer: nn.Module) -> int | None:
+    for table in (_CONVS, _POOLS, _ADAPTIVE_POOLS):
+        for cls, dims in table.items():
+            if isinstance(layer, cls):
+                return dims
+    return None
+
+
+def _layers(name: str, layers: Any) -> list[nn.Module]:
+    """The size-changing layers of a model (registration order) or of a sequence."""
+    if isinstance(layers, nn.Module):
+        modules: list[nn.Module] = list(layers.modules())
+    elif isinstance(layers, Sequence) and all(isinstance(m, nn.Module) for m in layers):
+        modules = list(layers)
+    else:
+        raise TypeError(
+            f"Invalid type for argument `{name}`. Expected an nn.Module or a sequence of "
+            f"nn.Module layers. Received {type(layers).__name__}."
         )
+    return [m for m in modules if _dims_of(m) is not None]
 
 
-# ----------------------------------------------------------- receptive field and summary
-
-_SPATIAL = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
-
-
-def _layer_geometry(layer: nn.Module) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
-    """Kernel, stride and dilation (each ``(h, w)``) of a conv or pooling layer."""
-
-    def pair(value: Any) -> tuple[int, int]:
-        return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
-
-    kernel = pair(layer.kernel_size)
-    stride = pair(layer.stride if layer.stride is not None else layer.kernel_size)
-    dilation = pair(getattr(layer, "dilation", 1))
-    return kernel, stride, dilation
+def _geometry(layer: nn.Module, dims: int) -> dict[str, tuple[int, ...]]:
+    """Kernel, stride and dilation of a conv or pooling layer, one int per dimension."""
+    kernel = check_int_or_tuple("kernel_size", layer.kernel_size, dims)
+    stride = layer.stride if layer.stride is not None else layer.kernel_size
+    return {
+        "kernel": kernel,
+        "stride": check_int_or_tuple("stride", stride, dims),
+        "dilation": check_int_or_tuple("dilation", getattr(layer, "dilation", 1), dims),
+    }
 
 
-def receptive_field(layers: nn.Module | Sequence[nn.Module]) -> tuple[int, int]:
-    """Receptive field ``(r_h, r_w)`` of one output pixel of a stack of layers.
+def _padding(layer: nn.Module, dims: int, kernel: tuple[int, ...], dilation: tuple[int, ...]
+             ) -> tuple[tuple[int, int], ...]:  # fmt: skip
+    """``(before, after)`` zeros per dimension that a conv or pooling layer adds."""
+    if isinstance(layer, AsymmetricPad):
+        return layer.padding_per_dim
+    if layer.padding == "valid":
+        return ((0, 0),) * dims
+    if layer.padding == "same":  # torch's own "same" (stride 1 only)
+        return tuple(same_padding(k, dilation=d) for k, d in zip(kernel, dilation, strict=True))
+    pads = check_int_or_tuple("padding", layer.padding, dims, allow_zero=True)
+    return tuple((p, p) for p in pads)
+
+
+def layer_output_size(layer: nn.Module, size: Sequence[int]) -> tuple[int, ...]:
+    """Spatial output size of one layer for an input of spatial size ``size``.
+
+    Convolutions (``nn.Conv1d/2d/3d``, also with ``padding="same"``), max and average
+    pooling (``nn.MaxPool1d`` ... ``nn.AvgPool3d``, with their padding, dilation and
+    ``ceil_mode``) and adaptive pooling change the size; every other layer keeps it. A
+    dimension whose size is already below 1 stays as it is. ``nn.AvgPool3d`` counts as
+    too small for an input smaller than its window, padding or not, as torch refuses it.
+
+    Args:
+        layer: Any ``nn.Module``.
+        size: The input's spatial size, one int per dimension (``(L,)``, ``(H, W)`` or
+            ``(D, H, W)``).
+
+    Returns:
+        The output's spatial size. A value below 1 means the input is too small.
+
+    Raises:
+        ValueError: If ``size`` doesn't have one entry per dimension of the layer.
+
+    Examples:
+        >>> layer_output_size(nn.Conv2d(1, 8, 5), (28, 28))
+        (24, 24)
+        >>> layer_output_size(nn.MaxPool1d(2), (7,))
+        (3,)
+    """
+    sizes = tuple(size)
+    dims = _dims_of(layer)
+    if dims is None:
+        return sizes
+    if len(sizes) != dims:
+        raise ValueError(
+            f"Invalid value for argument `size`: {type(layer).__name__} is {dims}-D, so "
+            f"`size` needs {dims} entries (one per spatial dimension). Received size={size!r}."
+        )
+    if isinstance(layer, tuple(_ADAPTIVE_POOLS)):
+        target: Any = layer.output_size
+        targets = (target,) * dims if isinstance(target, int) or target is None else target
+        return tuple(s if t is None or s < 1 else t for s, t in zip(sizes, targets, strict=True))
+    g = _geometry(layer, dims)
+    pads = _padding(layer, dims, g["kernel"], g["dilation"])
+    out = []
+    for d, length in enumerate(sizes):
+        if length < 1:
+            out.append(length)
+        elif isinstance(layer, tuple(_CONVS)):
+            out.append(conv_output_size(length, g["kernel"][d], stride=g["stride"][d],
+                                        padding=pads[d], dilation=g["dilation"][d]))  # fmt: skip
+        elif isinstance(layer, nn.AvgPool3d) and length < g["kernel"][d]:
+            out.append(0)  # torch's avg_pool3d refuses an unpadded input below its window
+        else:
+            out.append(pool_output_size(length, g["kernel"][d], stride=g["stride"][d],
+                                        padding=pads[d][0], dilation=g["dilation"][d],
+                                        ceil_mode=bool(layer.ceil_mode)))  # fmt: skip
+    return tuple(out)
+
+
+def output_size(layers: nn.Module | Sequence[nn.Module], size: Sequence[int]) -> tuple[int, ...]:
+    """Spatial output size of a stack of layers, applied in order.
+
+    A module's layers are taken in registration order, which is the order of computation
+    for sequential models such as [`ConvBlock`][convkit.ConvBlock] (in any ``order``) and
+    those [`build_cnn`][convkit.build_cnn] makes.
+
+    Args:
+        layers: A model, or a sequence of layers.
+        size: The input's spatial size, one int per dimension.
+
+    Returns:
+        The output's spatial size. A value below 1 means the input is too small.
+
+    Examples:
+        >>> output_size([nn.Conv2d(1, 8, 5), nn.MaxPool2d(2)], (28, 28))
+        (12, 12)
+    """
+    sizes = tuple(size)
+    for layer in _layers("layers", layers):
+        sizes = layer_output_size(layer, sizes)
+    return sizes
+
+
+def min_input_size(layers: nn.Module | Sequence[nn.Module], dims: int) -> tuple[int, ...]:
+    """The smallest spatial input size for which a stack of layers outputs at least 1.
+
+    Output sizes never shrink when the input grows, so every larger input works too.
+
+    Args:
+        layers: A model, or a sequence of layers.
+        dims: The number of spatial dimensions (1, 2 or 3).
+
+    Returns:
+        One int per dimension.
+
+    Examples:
+        >>> min_input_size([nn.Conv2d(1, 8, 5), nn.MaxPool2d(2), nn.Conv2d(8, 8, (3, 5))], 2)
+        (10, 14)
+    """
+    check_positive_int("dims", dims)
+    stack = _layers("layers", layers)
+    smallest = []
+    for d in range(dims):
+
+        def length(n: int, d: int = d) -> int:
+            return output_size(stack, tuple(n if i == d else 1 << 20 for i in range(dims)))[d]
+
+        high = 1
+        while length(high) < 1:  # grows at most linearly with the input: doubling ends
+            high *= 2
+        low = high // 2  # length(low) < 1 or low == 0
+        while high - low > 1:
+            mid = (low + high) // 2
+            low, high = (low, mid) if length(mid) >= 1 else (mid, high)
+        smallest.append(high)
+    return tuple(smallest)
+
+
+def receptive_field(layers: nn.Module | Sequence[nn.Module]) -> tuple[int, ...]:
+    """Receptive field of one output position of a stack of layers, per dimension.
 
     ``r_L = 1 + sum_l D_l (K_l - 1) prod_{i<l} S_i`` over the convolution and pooling
     layers in order (others, such as activations and norms, don't change it). A
@@ -246,34 +434,41 @@ def receptive_field(layers: nn.Module | Sequence[nn.Module]) -> tuple[int, int]:
     for sequential models such as those [`build_cnn`][convkit.build_cnn] makes.
 
     Args:
-        layers: A model, or a sequence of layers.
+        layers: A model, or a sequence of layers, all 1-D, all 2-D or all 3-D.
 
     Returns:
-        The height and width of the input region one output pixel depends on.
+        The size of the input region one output position depends on: ``(r,)`` for 1-D
+        layers, ``(r_h, r_w)`` for 2-D (also when there are no such layers),
+        ``(r_d, r_h, r_w)`` for 3-D.
+
+    Raises:
+        ValueError: If the layers mix 1-D, 2-D and 3-D.
 
     Examples:
         >>> receptive_field([nn.Conv2d(1, 1, 3), nn.Conv2d(1, 1, 3)])
         (5, 5)
         >>> receptive_field([nn.Conv2d(1, 1, 5), nn.MaxPool2d(2), nn.Conv2d(1, 1, 5)])
         (14, 14)
+        >>> receptive_field([nn.Conv1d(1, 1, 3, dilation=2)])
+        (5,)
     """
-    if isinstance(layers, nn.Module):
-        sequence: Sequence[nn.Module] = [m for m in layers.modules() if isinstance(m, _SPATIAL)]
-    elif isinstance(layers, Sequence) and all(isinstance(m, nn.Module) for m in layers):
-        sequence = [m for m in layers if isinstance(m, _SPATIAL)]
-    else:
-        raise TypeError(
-            "Invalid type for argument `layers`. Expected an nn.Module or a sequence of "
-            f"nn.Module layers. Received {type(layers).__name__}."
+    sequence = [m for m in _layers("layers", layers) if isinstance(m, _SPATIAL)]
+    all_dims = sorted({_dims_of(m) or 0 for m in sequence})
+    if len(all_dims) > 1:
+        raise ValueError(
+            "Invalid value for argument `layers`: they mix "
+            f"{' and '.join(f'{d}-D' for d in all_dims)} layers; a receptive field is "
+            "defined for layers of one dimensionality."
         )
-    field = [1, 1]
-    jump = [1, 1]  # distance in input pixels between neighbouring outputs so far
+    dims = all_dims[0] if all_dims else 2
+    field = [1] * dims
+    jump = [1] * dims  # distance in input positions between neighbouring outputs so far
     for layer in sequence:
-        kernel, stride, dilation = _layer_geometry(layer)
-        for d in range(2):
-            field[d] += dilation[d] * (kernel[d] - 1) * jump[d]
-            jump[d] *= stride[d]
-    return field[0], field[1]
+        g = _geometry(layer, dims)
+        for d in range(dims):
+            field[d] += g["dilation"][d] * (g["kernel"][d] - 1) * jump[d]
+            jump[d] *= g["stride"][d]
+    return tuple(field)
 
 
 @dataclass
@@ -329,36 +524,64 @@ class ModelSummary:
 
 
 def _macs(layer: nn.Module, output: torch.Tensor) -> int:
-    if isinstance(layer, nn.Conv2d):
+    dims = _dims_of(layer)
+    if isinstance(layer, tuple(_CONVS)) and dims is not None:
+        conv: Any = layer
         return conv_macs(
-            layer.in_channels,
-            layer.out_channels,
-            _layer_geometry(layer)[0],
-            (int(output.shape[-2]), int(output.shape[-1])),
-            groups=layer.groups,
+            conv.in_channels,
+            conv.out_channels,
+            _geometry(layer, dims)["kernel"],
+            tuple(int(n) for n in output.shape[-dims:]),
+            groups=conv.groups,
         )
     if isinstance(layer, nn.Linear):
         return layer.in_features * layer.out_features
     return 0
 
 
-def summary(model: nn.Module, input_shape: Sequence[int]) -> ModelSummary:
+def _summary_input_shape(model: nn.Module, input_shape: Sequence[int] | None) -> tuple[int, ...]:
+    if input_shape is None:
+        input_shape = model_input_shape(model)
+        if input_shape is None:
+            raise TypeError(
+                "Missing argument `input_shape`: this model has no `input_shape` attribute "
+                f"({type(model).__name__}), so summary can't know what to run. Pass one "
+                "sample's shape, e.g. summary(model, (1, 28, 28))."
+            )
+    shape = tuple(input_shape)
+    if not shape or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                            for v in shape):  # fmt: skip
+        raise ValueError(
+            "Invalid value for argument `input_shape`. Expected positive ints, e.g. (1, 28, 28). "
+            f"Received input_shape={input_shape!r}."
+        )
+    return shape
+
+
+def summary(model: nn.Module, input_shape: Sequence[int] | None = None) -> ModelSummary:
     """A per-layer table like Keras' ``model.summary()``: shapes, parameters, MACs, RF.
 
     Runs one sample through the model in eval mode under ``no_grad`` and restores every
     submodule's mode afterwards, so no parameter, buffer (BatchNorm statistics) or mode
-    changes.
+    changes. Also available as ``convkit.summary``.
 
     Args:
         model: Any model whose leaf layers run in order.
-        input_shape: One sample's shape, e.g. ``(1, 28, 28)``.
+        input_shape: One sample's shape, e.g. ``(1, 28, 28)``; ``None`` (default): the
+            model's own ``input_shape`` attribute (models from
+            [`build_cnn`][convkit.build_cnn] have one).
 
     Returns:
         A [`ModelSummary`][convkit.shapes.ModelSummary]: ``print`` it, or read ``rows``.
 
+    Raises:
+        TypeError: If ``model`` isn't an ``nn.Module``, or ``input_shape`` is ``None``
+            and the model has no ``input_shape``.
+        ValueError: If ``input_shape`` isn't a sequence of positive ints.
+
     Examples:
         >>> from convkit import build_cnn
-        >>> table = summary(build_cnn((1, 28, 28), 10, channels=(8,), hidden=()), (1, 28, 28))
+        >>> table = summary(build_cnn((1, 28, 28), 10, channels=(8,), hidden=()))
         >>> [row["name"] for row in table.rows]
         ['features.block1.conv', 'features.block1.norm', 'features.block1.act', \
 'features.block1.pool', 'flatten', 'head.output']
@@ -373,12 +596,7 @@ def summary(model: nn.Module, input_shape: Sequence[int]) -> ModelSummary:
             "Invalid type for argument `model`. Expected an nn.Module. "
             f"Received {type(model).__name__}."
         )
-    shape = tuple(input_shape)
-    if not shape or not all(isinstance(v, int) and v > 0 for v in shape):
-        raise ValueError(
-            "Invalid value for argument `input_shape`. Expected positive ints, e.g. (1, 28, 28). "
-            f"Received input_shape={input_shape!r}."
-        )
+    shape = _summary_input_shape(model, input_shape)
     names = {module: name for name, module in model.named_modules()}
     records: list[tuple[nn.Module, torch.Tensor]] = []
 
@@ -388,19 +606,11 @@ def summary(model: nn.Module, input_shape: Sequence[int]) -> ModelSummary:
 
     leaves = [m for m in model.modules() if not list(m.children())]
     handles = [m.register_forward_hook(hook) for m in leaves]
-    modes = {m: m.training for m in model.modules()}
-    tensor = next(iter(model.parameters()), None)
-    device = tensor.device if tensor is not None else torch.device("cpu")
-    dtype = tensor.dtype if tensor is not None and tensor.is_floating_point() else torch.float32
     try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros((1, *shape), device=device, dtype=dtype))
+        infer_output_shape(model, shape)  # eval mode, no_grad, modes restored
     finally:
         for handle in handles:
             handle.remove()
-        for module, training in modes.items():
-            module.training = training
     rows = []
     spatial: list[nn.Module] = []
     for module, output in records:
