@@ -11,6 +11,7 @@ import contextlib
 import functools
 import http.server
 import importlib.util
+import itertools
 import json
 import os
 import re
@@ -107,11 +108,15 @@ SECTIONS = [
     "局所受容野・カーネル・フィルター",
     "パディングとストライド",
     "出力サイズ",
-    "重み共有",
+    "重み共有と平行移動",
     "プーリングとプーリング層",
     "受容野の拡大",
     "計算量",
     "バッチ正規化とドロップアウト",
+    "フィルターの学習",
+    "学習したネットワークの中を見る",
+    "転置畳み込み",
+    "CNN の歴史と残差接続",
     "PyTorch / convkit との対応",
     "演習問題",
     "参考文献",
@@ -120,7 +125,7 @@ SECTIONS = [
 
 def test_theory_sections_in_order() -> None:
     headings = re.findall(r"^## (\d+)\. (.+)$", THEORY, re.M)
-    assert [int(n) for n, _ in headings] == list(range(1, 17))
+    assert [int(n) for n, _ in headings] == list(range(1, len(SECTIONS) + 1))
     assert [title for _, title in headings] == SECTIONS
 
 
@@ -129,6 +134,23 @@ def test_theory_terms() -> None:
     assert "相互相関" in THEORY and "cross-correlation" in THEORY
     assert "F.unfold" in THEORY and "im2col" in THEORY
     assert THEORY.count('??? note "解答"') >= 8
+
+
+FIGURE = re.compile(
+    r'<figure markdown="span">\s*!\[[^\]]+\]\((?P<src>img/[^)\s]+)\)[^\n]*\n'
+    r"\s*<figcaption(?: markdown=\"span\")?>図 (?P<number>\d+)\u3000(?P<caption>.+?)</figcaption>"
+)
+
+
+def test_theory_figures_are_numbered_captioned_and_cited() -> None:
+    images = re.findall(r"!\[[^\]]*\]\((img/[^)\s]+)\)", THEORY)
+    figures = list(FIGURE.finditer(THEORY))
+    assert len(figures) == len(images) >= 13  # every image sits in a numbered figure
+    assert [int(f["number"]) for f in figures] == list(range(1, len(figures) + 1))
+    body = FIGURE.sub("", THEORY)
+    for figure in figures:
+        assert (DOCS / figure["src"]).is_file(), figure["src"]
+        assert f"図 {figure['number']}" in body, f"図 {figure['number']} is never cited"
 
 
 CHECK = re.compile(r"<!-- check: (?P<expr>.+?) -->")
@@ -150,8 +172,45 @@ def answer_blocks() -> list[tuple[str, list[str]]]:
 
 def test_every_numeric_answer_is_checked() -> None:
     checked = [checks for _, checks in answer_blocks() if checks]
-    assert len(checked) >= 8
-    assert sum(len(c) for c in checked) >= 15
+    assert len(checked) >= 14
+    assert sum(len(c) for c in checked) >= 28
+
+
+def tf_same_padding(size: int, kernel_size: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+    """TensorFlow's "SAME" padding (before, after): the fewest zeros giving ceil(size / stride)."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + dilation * (kernel_size - 1) + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+def test_tf_same_padding_is_the_fewest_zeros_for_ceil_size_over_stride() -> None:
+    differ = 0
+    for size, kernel, stride, dilation in itertools.product(
+        range(5, 20), range(1, 6), range(1, 4), range(1, 3)
+    ):
+        before, after = tf_same_padding(size, kernel, stride, dilation)
+        total = before + after
+        out = conv_output_size(
+            size, kernel, stride=stride, padding=(before, after), dilation=dilation
+        )
+        assert out == -(-size // stride) and after - before in (0, 1)
+        if total:  # one zero fewer would lose an output
+            fewer = conv_output_size(
+                size, kernel, stride=stride, padding=(0, total - 1), dilation=dilation
+            )
+            assert fewer < out
+        differ += (before, after) != same_padding(kernel, dilation=dilation)
+        if stride == 1:  # at stride 1 both are D(K-1) split the same way
+            assert (before, after) == same_padding(kernel, dilation=dilation)
+    assert differ > 0  # the theory page's point: with stride > 1 they differ
+
+
+MATRIX = re.compile(r"\\begin\{pmatrix\}(.*?)\\end\{pmatrix\}", re.S)
+
+
+def matrices_in(text: str) -> list[list[float]]:
+    """The entries of each pmatrix in ``text``, row by row."""
+    return [[float(n) for n in re.findall(r"-?\d+(?:\.\d+)?", m)] for m in MATRIX.findall(text)]
 
 
 @pytest.mark.parametrize(
@@ -165,7 +224,7 @@ def test_theory_answer(text_and_expr: tuple[str, str]) -> None:
         "torch": torch, "F": F, "build_cnn": build_cnn, "conv_output_size": conv_output_size,
         "pool_output_size": pool_output_size, "same_padding": same_padding,
         "conv_params": conv_params, "conv_macs": conv_macs, "receptive_field": receptive_field,
-        "summary": summary,
+        "summary": summary, "tf_same_padding": tf_same_padding,
     }  # fmt: skip
     assert eval(expr, namespace) is True, expr
     # the number the check verifies is the number the reader sees
@@ -174,6 +233,10 @@ def test_theory_answer(text_and_expr: tuple[str, str]) -> None:
         value = tree.comparators[0].value
         if isinstance(value, int) and not isinstance(value, bool) and value > 9:
             assert str(value) in text.replace(",", ""), (value, text)
+    if isinstance(tree, ast.Compare) and isinstance(tree.comparators[0], ast.List):
+        # a matrix answer: the checked entries are those of a matrix the answer shows
+        entries = [float(v) for row in ast.literal_eval(tree.comparators[0]) for v in row]
+        assert entries in matrices_in(text), (entries, matrices_in(text))
 
 
 # ------------------------------------------------------------------- the built site
@@ -225,7 +288,7 @@ def test_site_loads_nothing_from_elsewhere() -> None:
 @pytest.mark.slow
 def test_japanese_headings_get_anchors() -> None:
     html = (built_site() / "theory" / "index.html").read_text(encoding="utf-8")
-    assert 'id="9-重み共有"' in html
+    assert 'id="9-重み共有と平行移動"' in html
 
 
 # A line break inside a paragraph shows as a space; between two Japanese characters that
