@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_mnist_cnn_example_one_epoch() -> None:
     result = subprocess.run(
         [
@@ -32,6 +35,7 @@ def test_mnist_cnn_example_one_epoch() -> None:
     assert "Epoch 1/1" in result.stdout
 
 
+@pytest.mark.slow
 def test_mnist_cnn_example_reports_missing_full_mnist(tmp_path: Path) -> None:
     result = subprocess.run(
         [

@@ -39,6 +39,7 @@ def test_channels_last_and_contiguous_train_the_same(small_data) -> None:
     assert losses["channels_last"] == pytest.approx(losses["contiguous"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_bf16_training_reaches_95_percent() -> None:
     torch.manual_seed(0)
     model = build_cnn((1, 28, 28), 10, **NOTEBOOK)

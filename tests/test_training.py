@@ -45,6 +45,7 @@ def same_state(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_notebook_cnn_reaches_95_percent_on_the_bundled_sample() -> None:
     torch.manual_seed(0)
     model = build_cnn((1, 28, 28), 10, **NOTEBOOK)
