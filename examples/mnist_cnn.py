@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import os
 
+import torch
+
 from convkit import CNN, build_cnn, evaluate, fit
 from convkit.datasets import mnist, mnist_sample
 
@@ -56,6 +58,7 @@ def main(argv: list[str] | None = None) -> float:
         train = mnist(args.root, train=True, download=args.download)
         test = mnist(args.root, train=False, download=args.download)
 
+    torch.manual_seed(args.seed)  # the model's initialisation; fit's seed covers the rest
     model = notebook_cnn()
     history = fit(
         model,

@@ -127,7 +127,8 @@ def test_signatures_are_the_documented_ones() -> None:
         "lr": 1e-3,
         "weight_decay": 0.0,
         "loss": None,
-        "metrics": ("accuracy",),
+        "task": "auto",
+        "metrics": None,
         "device": "auto",
         "progress": True,
         "seed": None,
@@ -145,13 +146,18 @@ def test_signatures_are_the_documented_ones() -> None:
     }
     runtime = [("precision", kw, "32"), ("memory_format", kw, "auto"), ("data_on_device", kw, None)]
     assert _params(convkit.evaluate)[2:] == [
+        ("history", kw, None),
+        ("task", kw, "auto"),
         ("loss", kw, None),
-        ("metrics", kw, ("accuracy",)),
+        ("metrics", kw, None),
         ("device", kw, "auto"),
         ("batch_size", kw, 256),
         *runtime,
     ]
     assert _params(convkit.predict)[2:] == [
+        ("output", kw, "logits"),
+        ("task", kw, "auto"),
+        ("history", kw, None),
         ("device", kw, "auto"),
         ("batch_size", kw, 256),
         *runtime,

@@ -16,6 +16,7 @@ from convkit import (
     EarlyStopping,
     ModelCheckpoint,
     NonFiniteLossError,
+    TrainState,
     build_cnn,
     fit,
     load_checkpoint,
@@ -206,7 +207,8 @@ def test_nan_loss_stops_before_the_step(small_data) -> None:
     with pytest.raises(
         NonFiniteLossError, match=r"loss is nan at epoch 2, batch 1.*before the optimizer"
     ) as info:
-        fit(model, data, epochs=3, batch_size=100, progress=False, device="cpu")
+        fit(model, data, epochs=3, batch_size=100, progress=False, device="cpu",
+            callbacks=[_Poison(data)])  # fmt: skip
     assert isinstance(info.value, FloatingPointError)
     assert (info.value.epoch, info.value.batch) == (2, 1)
     assert all(torch.isfinite(p).all() for p in model.parameters())
@@ -215,18 +217,17 @@ def test_nan_loss_stops_before_the_step(small_data) -> None:
 
 
 class _NanOnSecondEpoch(torch.utils.data.Dataset):
-    """Clean data in epoch 1, NaN images from epoch 2 on."""
+    """Clean data in epoch 1, NaN images from epoch 2 on (``_Poison`` says which epoch)."""
 
     def __init__(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
-        self.inputs, self.targets, self.reads = inputs, targets, 0
+        self.inputs, self.targets, self.poisoned = inputs, targets, False
 
     def __len__(self) -> int:
         return len(self.inputs)
 
     def __getitem__(self, i: int):  # type: ignore[no-untyped-def]
-        self.reads += 1
         x = self.inputs[i].clone()
-        if self.reads > len(self.inputs):
+        if self.poisoned:
             x.fill_(float("nan"))
         return x, self.targets[i]
 
@@ -408,3 +409,13 @@ def test_csv_logger_drops_rows_past_the_resumed_checkpoint(small_data, tmp_path:
         resume_from=tmp_path / "ep2.pt")  # fmt: skip
     with log.open() as f:
         assert [int(row["epoch"]) for row in csv.DictReader(f)] == [1, 2, 3, 4]
+
+
+class _Poison(Callback):
+    """Turns the dataset's images to NaN from epoch 2 on (fit reads a first batch before)."""
+
+    def __init__(self, data: _NanOnSecondEpoch) -> None:
+        self.data = data
+
+    def on_epoch_begin(self, state: TrainState) -> None:
+        self.data.poisoned = state.epoch >= 2

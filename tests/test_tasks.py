@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -144,3 +146,285 @@ def test_describe() -> None:
     assert TaskSpec("multiclass", 3, dense=True).describe() == "multiclass (3 classes, dense)"
     assert TaskSpec("multilabel", 5).describe() == "multilabel (5 labels)"
     assert TaskSpec("regression").describe() == "regression"
+
+
+# ------------------------------------------------------------------ fit / evaluate / predict
+# Real models trained on the bundled MNIST images, for every task. The validation
+# metrics of the last epoch, evaluate(history=...) and evaluate with the same inference
+# must all equal references computed with NumPy from predict's raw outputs.
+
+import numpy as np  # noqa: E402
+
+from convkit import History, build_cnn, evaluate, fit, mnist_sample, predict  # noqa: E402
+from test_metrics import label_reference, multiclass_reference, regression_reference  # noqa: E402
+
+
+def _images(n: int, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = mnist_sample().tensors
+    return x[offset : offset + n], y[offset : offset + n]
+
+
+def _cnn(outputs: int) -> nn.Module:
+    torch.manual_seed(0)
+    return build_cnn((1, 28, 28), outputs, channels=(4,), hidden=(), norm=None)
+
+
+def _regression_targets(x: torch.Tensor) -> torch.Tensor:
+    """Ink mass (x10) and the vertical centre of mass (in image heights)."""
+    images = x[:, 0]
+    rows = torch.arange(28.0)
+    centre = (images.sum(2) * rows).sum(1) / images.sum((1, 2)) / 28
+    return torch.stack([images.mean((1, 2)) * 10, centre], 1)
+
+
+def _label_targets(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Even digit, digit >= 5, a closed loop (0, 6, 8, 9), more ink than 0.13."""
+    groups = [[0, 2, 4, 6, 8], [5, 6, 7, 8, 9], [0, 6, 8, 9]]
+    labels = [torch.isin(y, torch.tensor(g)).float() for g in groups]
+    labels.append((x.mean((1, 2, 3)) > 0.13).float())
+    return torch.stack(labels, 1)
+
+
+def _masks(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """0 background, 1 ink of a digit < 5, 2 ink of a digit >= 5; faint edges ignored."""
+    ink = x[:, 0]
+    masks = torch.where(ink > 0.5, 1 + (y >= 5).long()[:, None, None], 0)
+    masks[(ink > 0.1) & (ink <= 0.5)] = -100
+    return masks
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _bce(logits: np.ndarray, targets: np.ndarray) -> float:
+    z = logits.astype(np.float64)
+    return float(np.mean(np.maximum(z, 0) - z * targets + np.log1p(np.exp(-np.abs(z)))))
+
+
+def test_regression_trains_and_scores_with_mse_everywhere() -> None:
+    x, _ = _images(640)
+    y = _regression_targets(x)
+    model = _cnn(2)
+    history = fit(model, (x[:512], y[:512]), epochs=3, val_data=(x[512:], y[512:]),
+                  metrics=["mae", "rmse"], lr=1e-2, progress=False, device="cpu",
+                  seed=0)  # fmt: skip
+    assert (history.task, history.loss, history.metrics) == ("regression", "MSELoss()",
+                                                             ["mae", "rmse"])  # fmt: skip
+    assert history["loss"][-1] < 0.5 * history["loss"][0]
+    outputs = predict(model, x[512:], device="cpu")
+    reference = regression_reference(outputs, y[512:])
+    expected = {"loss": reference["mse"], "mae": reference["mae"], "rmse": reference["rmse"]}
+    last = {k: history[f"val_{k}"][-1] for k in expected}
+    assert last == pytest.approx(expected, rel=1e-6)
+    assert evaluate(model, (x[512:], y[512:]), history=history, device="cpu") == pytest.approx(
+        expected, rel=1e-6
+    )
+    # without the History: the same inference, MSE and MAE, never cross-entropy
+    plain = evaluate(model, (x[512:], y[512:]), device="cpu")
+    assert plain == pytest.approx({"loss": reference["mse"], "mae": reference["mae"]}, rel=1e-6)
+
+
+def test_binary_trains_and_scores_against_the_reference() -> None:
+    x, digits = _images(640)
+    y = (digits >= 5).float().unsqueeze(1)
+    model = _cnn(1)
+    names = ["binary_accuracy", "f1", "precision", "recall"]
+    history = fit(model, (x[:512], y[:512]), epochs=3, val_data=(x[512:], y[512:]),
+                  task="binary", metrics=names, lr=1e-2, progress=False, device="cpu",
+                  seed=0)  # fmt: skip
+    assert (history.task, history.loss) == ("binary", "BCEWithLogitsLoss()")
+    assert history["loss"][-1] < history["loss"][0]
+    logits = predict(model, x[512:], device="cpu")
+    expected = {"loss": _bce(logits.numpy(), y[512:].numpy())}
+    expected |= {k: v for k, v in label_reference(logits, y[512:]).items() if k in names}
+    assert expected["binary_accuracy"] > 0.7
+    assert {k: history[f"val_{k}"][-1] for k in expected} == pytest.approx(expected, abs=1e-6)
+    assert evaluate(model, (x[512:], y[512:]), history=history, device="cpu") == pytest.approx(
+        expected, abs=1e-6
+    )
+    probs = predict(model, x[512:], output="probs", history=history, device="cpu")
+    labels = predict(model, x[512:], output="labels", history=history, device="cpu")
+    assert torch.allclose(probs, logits.sigmoid())
+    assert torch.equal(labels, (logits > 0).long())
+
+
+def test_multilabel_trains_and_scores_against_the_reference() -> None:
+    x, digits = _images(640)
+    y = _label_targets(x, digits)
+    model = _cnn(4)
+    names = ["binary_accuracy", "f1", "iou"]
+    history = fit(model, (x[:512], y[:512]), epochs=3, val_data=(x[512:], y[512:]),
+                  task="multilabel", metrics=names, lr=1e-2, progress=False, device="cpu",
+                  seed=0)  # fmt: skip
+    assert history.task == "multilabel" and history["loss"][-1] < history["loss"][0]
+    logits = predict(model, x[512:], device="cpu")
+    expected = {"loss": _bce(logits.numpy(), y[512:].numpy())}
+    expected |= {k: v for k, v in label_reference(logits, y[512:]).items() if k in names}
+    assert {k: history[f"val_{k}"][-1] for k in expected} == pytest.approx(expected, abs=1e-6)
+    assert evaluate(model, (x[512:], y[512:]), history=history, device="cpu") == pytest.approx(
+        expected, abs=1e-6
+    )
+
+
+def _segmenter() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 3, padding=1))
+
+
+def test_segmentation_trains_and_scores_against_the_reference() -> None:
+    x, digits = _images(384)
+    masks = _masks(x, digits)
+    model = _segmenter()
+    history = fit(model, (x[:256], masks[:256]), epochs=3, val_data=(x[256:], masks[256:]),
+                  batch_size=128, lr=2e-2, progress=False, device="cpu", seed=0)  # fmt: skip
+    assert history.task == "multiclass" and history.metrics == ["accuracy", "iou"]
+    assert history["loss"][-1] < history["loss"][0]
+    logits = predict(model, x[256:], device="cpu")  # (128, 3, 28, 28): one validation batch
+    reference = multiclass_reference(logits, masks[256:])
+    flat = np.moveaxis(logits.double().numpy(), 1, -1).reshape(-1, 3)
+    target = masks[256:].numpy().reshape(-1)
+    keep = target != -100
+    log_probs = flat - np.log(np.exp(flat).sum(1, keepdims=True))
+    expected = {"loss": float(-log_probs[keep, target[keep]].mean())}
+    expected |= {"accuracy": reference["accuracy"], "iou": reference["iou"]}
+    assert expected["accuracy"] > 0.8
+    assert {k: history[f"val_{k}"][-1] for k in expected} == pytest.approx(expected, abs=1e-6)
+    assert evaluate(model, (x[256:], masks[256:]), history=history, device="cpu",
+                    batch_size=128) == pytest.approx(expected, abs=1e-6)  # fmt: skip
+
+
+def test_multiclass_metrics_and_predict_outputs() -> None:
+    x, y = _images(640)
+    model = _cnn(10)
+    names = ["accuracy", "top3_accuracy", "f1", "precision", "recall"]
+    history = fit(model, (x[:512], y[:512]), epochs=2, val_data=(x[512:], y[512:]),
+                  metrics=names, progress=False, device="cpu", seed=0)  # fmt: skip
+    logits = predict(model, x[512:], device="cpu")
+    reference = multiclass_reference(logits, y[512:])
+    assert {k: history[f"val_{k}"][-1] for k in names} == pytest.approx(
+        {k: reference[k] for k in names}, abs=1e-6
+    )
+    probs = predict(model, x[512:], output="probs", history=history, device="cpu")
+    assert torch.allclose(probs, logits.softmax(1))
+    labels = predict(model, x[512:], output="labels", task="multiclass", device="cpu")
+    assert torch.equal(labels, logits.argmax(1))
+    one = predict(model, x[512], device="cpu")  # one sample, no batch dimension
+    assert one.shape == (10,) and torch.allclose(one, logits[0], atol=1e-6)
+    assert predict(model, x[512], output="labels", history=history, device="cpu") == labels[0]
+
+
+def test_history_from_a_file_evaluates_the_same() -> None:
+    x, _ = _images(640)
+    y = _regression_targets(x)
+    model = _cnn(2)
+    history = fit(model, (x[:512], y[:512]), epochs=1, metrics=["mae", "mse"], progress=False,
+                  device="cpu", seed=0)  # fmt: skip
+    loaded = History.from_dict(history.to_dict())
+    assert (loaded.task, loaded.loss, loaded.metrics) == ("regression", "MSELoss()", ["mae", "mse"])
+    val = (x[512:], y[512:])
+    assert evaluate(model, val, history=loaded, device="cpu") == evaluate(
+        model, val, history=history, device="cpu"
+    )
+    custom = fit(_cnn(2), (x[:512], y[:512]), epochs=1, loss=nn.L1Loss(), progress=False,
+                 device="cpu", seed=0)  # fmt: skip
+    with pytest.raises(ValueError, match=r"`history`.*loaded from a file.*L1Loss\(\).*loss="):
+        evaluate(model, val, history=History.from_dict(custom.to_dict()), device="cpu")
+
+
+class _Described(nn.Module):
+    """A model with BatchNorm and dropout, so that a forward pass in train mode would show."""
+
+    def __init__(self, outputs: int) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.BatchNorm1d(16),
+                                  nn.Dropout(0.5), nn.Linear(16, outputs))  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def _contradictions() -> list[tuple[int, Any, dict[str, Any], str]]:
+    x, digits = _images(64)
+    return [
+        (1, (x, (digits >= 5).long()), {}, r"Ambiguous task.*one output unit.*task='binary'"),
+        (1, (x, (digits >= 5).float()[:, None]), {}, r"Ambiguous task.*0/1 targets"),
+        (1, (x, digits % 2), {"loss": nn.CrossEntropyLoss()}, r"one output unit"),
+        (10, (x, digits.float()), {"loss": nn.CrossEntropyLoss()},
+         r"float targets of shape \(64,\).*targets.long\(\)"),
+        (10, (x, digits), {"task": "regression"}, r"integers.*targets.float\(\)"),
+        (2, (x, _regression_targets(x)), {"loss": nn.CrossEntropyLoss(), "task": "regression"},
+         r"CrossEntropyLoss contradicts task='regression'"),
+        (2, (x, _regression_targets(x)), {"metrics": "accuracy"},
+         r"'accuracy' doesn't fit task 'regression'.*'mae'"),
+        (4, (x, _label_targets(x, digits)), {"task": "multilabel", "metrics": ["accuracy"]},
+         r"'accuracy' doesn't fit task 'multilabel'.*'binary_accuracy'"),
+        (4, (x, _label_targets(x, digits).long()), {}, r"Ambiguous task: integer targets"),
+        (10, (x, digits), {"metrics": {"hits": lambda o, t: o.argmax(1) == t}},
+         r"'hits' returned shape \(64,\)"),
+        (1, (x, (digits >= 5).float()), {"task": "binary"}, r"unsqueeze\(1\)"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", range(11))
+def test_contradictions_raise_before_the_first_step(case: int) -> None:
+    outputs, data, kwargs, match = _contradictions()[case]
+    model = _Described(outputs)
+    before, rng = _state(model), torch.get_rng_state()
+    with pytest.raises(ValueError, match=match):
+        fit(model, data, epochs=1, batch_size=64, progress=False, device="cpu", **kwargs)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # incl. BatchNorm statistics
+    assert torch.equal(rng, torch.get_rng_state())
+    assert model.training
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"output": "classes"}, ValueError, r"`output`.*'logits', 'probs', 'labels'"),
+        ({"output": "labels"}, ValueError, r"`output`.*needs the task.*history=.*task="),
+        ({"output": "probs", "task": "regression"}, ValueError, r"regression.*output='logits'"),
+        ({"task": "segmentation"}, ValueError, r"`task`"),
+        ({"history": {"task": "binary"}}, TypeError, r"`history`"),
+    ],
+)
+def test_bad_predict_arguments(kwargs, error, match) -> None:
+    x, _ = _images(8)
+    with pytest.raises(error, match=match):
+        predict(_cnn(10), x, device="cpu", **kwargs)
+
+
+def test_evaluate_refuses_a_metric_that_doesnt_fit() -> None:
+    x, _ = _images(64)
+    with pytest.raises(ValueError, match=r"'accuracy' doesn't fit task 'regression'"):
+        evaluate(_cnn(2), (x, _regression_targets(x)), metrics=["accuracy"], device="cpu")
+
+
+def test_task_metrics_read_the_host_once_per_epoch(monkeypatch) -> None:
+    from test_runtime import _count_host_reads
+
+    x, digits = _images(300)
+    y = _label_targets(x, digits)
+    reads = {}
+    for batch_size in (10, 100):
+        calls = _count_host_reads(monkeypatch)
+        fit(_cnn(4), (x, y), epochs=2, batch_size=batch_size, task="multilabel",
+            metrics=["binary_accuracy", "f1", "iou"], progress=False, device="cpu", seed=0,
+            nan_guard=False)  # fmt: skip
+        reads[batch_size] = len(calls)
+        monkeypatch.undo()
+    assert reads[10] == reads[100] <= 4  # the epoch totals, once per epoch
+
+
+@pytest.mark.slow  # importing torchmetrics takes seconds
+def test_torchmetrics_metric_in_fit() -> None:
+    torchmetrics = pytest.importorskip("torchmetrics")
+    x, y = _images(640)
+    macro = torchmetrics.F1Score(task="multiclass", num_classes=10, average="macro")
+    history = fit(_cnn(10), (x[:512], y[:512]), epochs=2, val_data=(x[512:], y[512:]),
+                  metrics={"f1": "f1", "tm_f1": macro}, progress=False, device="cpu",
+                  seed=0)  # fmt: skip
+    assert history["val_tm_f1"] == pytest.approx(history["val_f1"], abs=1e-6)
+    assert history["tm_f1"] == pytest.approx(history["f1"], abs=1e-6)

@@ -326,7 +326,7 @@ def test_history_plot_without_matplotlib(monkeypatch) -> None:
         ({"weight_decay": -1e-4}, ValueError, r"`weight_decay`"),
         ({"optimizer": "adagrad"}, ValueError, r"`optimizer`.*'adagrad'.*'adam', 'adamw', 'sgd'"),
         ({"optimizer": 3}, TypeError, r"`optimizer`"),
-        ({"metrics": ("f1",)}, ValueError, r"`metrics`.*'f1'.*'accuracy'"),
+        ({"metrics": ("auc",)}, ValueError, r"`metrics`.*'auc'.*'accuracy'"),
         ({"loss": "mse"}, TypeError, r"`loss`"),
         (
             {"device": "cuda:7"},

@@ -47,7 +47,8 @@ class DataCheck:
             self._probed = True
             out = infer_output_shape(self.model, tuple(inputs.shape[1:]))
             self.num_classes = out[0] if len(out) == 1 else None
-        if self.num_classes is None or targets.numel() == 0:
+        if self.num_classes is None or self.num_classes < 2 or targets.numel() == 0:
+            # one output unit: not class scores; the task inference explains the fix
             return
         low, high = (int(v) for v in torch.aminmax(targets))
         if low < 0 or high >= self.num_classes:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ._data import LoaderBatches, TensorBatches
 from ._loop import HardInterrupt, Step, run_epoch
-from ._metrics import Metric
+from ._metrics import MetricSet
 from ._optim import LossFn, current_lr
 from ._probe import eval_mode, preserved_modes
 from ._runtime import Runtime
@@ -42,7 +42,7 @@ class Run:
     train: Batches
     val: Batches | None
     loss_fn: LossFn
-    metrics: list[Metric]
+    metrics: MetricSet
     runtime: Runtime
     step: Step
     state: TrainState

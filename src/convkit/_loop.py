@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ._data import LoaderBatches, TensorBatches
-from ._metrics import Metric
+from ._metrics import MetricSet
 from ._optim import LossFn
 from ._runtime import Runtime
 from .callbacks import Callback, TrainState
@@ -193,7 +193,7 @@ def run_epoch(
     batches: TensorBatches | LoaderBatches,
     name: str,
     loss_fn: LossFn,
-    metrics: list[Metric],
+    metrics: MetricSet,
     runtime: Runtime,
     *,
     step: Step | None,
@@ -202,13 +202,13 @@ def run_epoch(
     history: History | None = None,
 ) -> dict[str, float]:
     """One pass over ``batches``: a training epoch if ``step`` is given."""
-    device = runtime.device
-    # One accumulator per value, each updated by a single in-place kernel per batch (a
-    # small model on a GPU is bound by kernel launches, so every launch counts).
-    sums = [
-        torch.zeros((), dtype=accumulator_dtype(device), device=device)
-        for _ in range(1 + len(metrics))
-    ]
+    device, dtype = runtime.device, accumulator_dtype(runtime.device)
+    # Two accumulators, each updated by a single in-place kernel per batch (a small
+    # model on a GPU is bound by kernel launches, so every launch counts): the loss
+    # total, and every metric's statistics in one flat vector.
+    loss_sum = torch.zeros((), dtype=dtype, device=device)
+    stats = torch.zeros(metrics.size, dtype=dtype, device=device)
+    metrics.reset(device)
     count = 0
     last_refresh = time.perf_counter()
     for index, batch in enumerate(_batches(batches, name)):
@@ -228,22 +228,22 @@ def run_epoch(
                 for callback in step.callbacks:
                     callback.on_batch_end(step.state)
         with torch.no_grad():
-            detached = outputs.detach().float()
-            sums[0].add_(loss.detach(), alpha=n)
-            for total, metric in zip(sums[1:], metrics, strict=True):
-                total.add_(metric.fn(detached, targets), alpha=1 if metric.is_sum else n)
+            loss_sum.add_(loss.detach(), alpha=n)
+            batch_stats = metrics.batch_totals(outputs.detach().float(), targets, dtype)
+            if metrics.size:
+                stats.add_(batch_stats)
         count += n
         if bar is not None:
             bar.update(1)
             now = time.perf_counter()
             if now - last_refresh >= POSTFIX_INTERVAL_S:
                 last_refresh = now
-                bar.set_postfix(loss=f"{sums[0].item() / count:.4f}", refresh=False)
+                bar.set_postfix(loss=f"{loss_sum.item() / count:.4f}", refresh=False)
         if step is not None and (
             step.interrupt.raised or (step.state is not None and step.state.stop_training)
         ):
             break
-    return _reduce(sums, count, metrics, name, all_reduce)
+    return _reduce(loss_sum, stats, count, metrics, name, all_reduce)
 
 
 def _batches(
@@ -259,20 +259,21 @@ def _batches(
 
 
 def _reduce(
-    sums: list[torch.Tensor], count: int, metrics: list[Metric], name: str, all_reduce: bool
+    loss_sum: torch.Tensor,
+    stats: torch.Tensor,
+    count: int,
+    metrics: MetricSet,
+    name: str,
+    all_reduce: bool,
 ) -> dict[str, float]:
-    totals = torch.stack(
-        [*sums, torch.tensor(float(count), dtype=sums[0].dtype, device=sums[0].device)]
-    )
+    """One all-reduce and one host read of ``[loss total, samples, *statistics]``."""
+    totals = torch.cat([loss_sum.reshape(1), loss_sum.new_tensor([float(count)]), stats])
     if all_reduce:
         import torch.distributed as dist
 
         dist.all_reduce(totals)
     values = totals.tolist()  # the one host sync of the epoch
-    count_all = values[-1]
+    count_all = values[1]
     if count_all == 0:
         raise ValueError(f"Invalid value for argument `{name}`: it yielded no batches.")
-    result = {"loss": values[0] / count_all}
-    for metric, total in zip(metrics, values[1:-1], strict=True):
-        result[metric.name] = total / count_all
-    return result
+    return {"loss": values[0] / count_all, **metrics.compute(values[2:])}

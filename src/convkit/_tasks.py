@@ -26,7 +26,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["TASKS", "TaskSpec", "check_task", "default_loss", "infer_task", "loss_kind"]
+__all__ = [
+    "OUTPUTS",
+    "TASKS",
+    "TaskSpec",
+    "check_task",
+    "default_loss",
+    "infer_task",
+    "loss_kind",
+    "transform_outputs",
+]
 
 #: The values ``task=`` accepts.
 TASKS = ("auto", "multiclass", "binary", "multilabel", "regression")
@@ -178,8 +187,8 @@ def _guess(kind: str | None, outputs: torch.Tensor, targets: torch.Tensor) -> st
         raise ValueError(
             f"Ambiguous task: float 0/1 targets of the outputs' shape {_shape(outputs)} fit "
             "a binary or multi-label classifier and a regression alike. Pass "
-            "task='binary' (one output) or task='multilabel' (several), or "
-            "task='regression'."
+            "task='binary' (one output) or task='multilabel' (several), "
+            "task='multiclass' for one-hot class targets, or task='regression'."
         )
     return "regression"
 
@@ -306,3 +315,43 @@ def infer_task(task: Any, outputs: torch.Tensor, targets: torch.Tensor, loss: An
     if name == "multiclass":
         return _multiclass(outputs, targets, loss)
     return _elementwise(name, outputs, targets, kind)
+
+
+#: The values ``predict(output=...)`` accepts.
+OUTPUTS = ("logits", "probs", "labels")
+
+
+def transform_outputs(spec: TaskSpec | None, outputs: torch.Tensor, output: str) -> torch.Tensor:
+    """``predict``'s raw outputs as ``output`` asks: logits, probabilities or labels.
+
+    Multiclass: softmax over the class dimension / its arg-max; binary and multi-label:
+    sigmoid (outputs that already are probabilities, from ``nn.BCELoss``, stay) / 0-1
+    labels at the task's threshold. Regression outputs are values: only ``"logits"``
+    (the raw outputs) applies.
+
+    Raises:
+        ValueError: For ``"probs"``/``"labels"`` without a known task, or of a regression.
+
+    Examples:
+        >>> transform_outputs(TaskSpec("multiclass", 3), torch.tensor([[0.0, 2.0, 1.0]]), "labels")
+        tensor([1])
+    """
+    if output == "logits":
+        return outputs
+    if spec is None:
+        raise ValueError(
+            f"Invalid value for argument `output`: output={output!r} needs the task. Pass "
+            "history= (the History fit returned) or task='multiclass', 'binary' or "
+            "'multilabel'; output='logits' gives the raw outputs of any model."
+        )
+    if spec.task == "regression":
+        raise ValueError(
+            f"Invalid value for argument `output`: a regression model's outputs are values, "
+            f"not scores; output={output!r} means nothing for it. Use output='logits' "
+            "(the raw outputs)."
+        )
+    if spec.task == "multiclass":
+        return outputs.softmax(1) if output == "probs" else outputs.argmax(1)
+    if output == "probs":
+        return outputs if spec.threshold else outputs.sigmoid()
+    return (outputs > spec.threshold).long()

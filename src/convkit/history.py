@@ -22,6 +22,13 @@ class History:
         seed: The ``seed`` given to ``fit`` (``None`` if none).
         device: The device trained on, e.g. ``"cpu"`` or ``"cuda:0"``.
         interrupted: Whether training stopped before its last epoch.
+        task: The task trained, e.g. ``"multiclass"`` or ``"regression"`` (inferred by
+            ``fit(task="auto")`` from the first batch).
+        loss: The loss trained with, e.g. ``"MSELoss()"``.
+        metrics: The metric names reported.
+        setup: What [`evaluate`][convkit.evaluate] and [`predict`][convkit.predict]
+            reuse from ``history=``: the task, the loss object and the metrics as given
+            (kept in memory only; ``to_dict`` keeps the names above).
 
     Examples:
         >>> history = History(device="cpu")
@@ -37,6 +44,10 @@ class History:
         self.seed = seed
         self.device = device
         self.interrupted = False
+        self.task: str | None = None
+        self.loss: str | None = None
+        self.metrics: list[str] = []
+        self.setup: Any = None
 
     def append(
         self, epoch: int, metrics: dict[str, float], seconds: float, lr: float | None = None
@@ -77,6 +88,9 @@ class History:
             "seed": self.seed,
             "device": self.device,
             "interrupted": self.interrupted,
+            "task": self.task,
+            "loss": self.loss,
+            "metrics": list(self.metrics),
         }
 
     @classmethod
@@ -86,6 +100,8 @@ class History:
         history.history = {k: list(v) for k, v in data["history"].items()}
         history.epochs = [dict(e, metrics=dict(e["metrics"])) for e in data["epochs"]]
         history.interrupted = bool(data.get("interrupted", False))
+        history.task, history.loss = data.get("task"), data.get("loss")
+        history.metrics = list(data.get("metrics", []))
         return history
 
     def plot(self, keys: Sequence[str] | None = None) -> Any:

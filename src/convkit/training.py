@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from ._data import Batching, LoaderBatches, Shard, TensorBatches, make_batches
 from ._data_check import DataCheck
 from ._epochs import Run, train
 from ._loop import BufferGuard, Step, run_epoch
-from ._metrics import Metric, resolve_metrics
+from ._metrics import MetricSet, parse_metrics
 from ._optim import (
     LossFn,
     OptimizerSpec,
@@ -41,9 +41,12 @@ from ._optim import (
 )
 from ._probe import eval_mode
 from ._runtime import Runtime
-from ._typing import DeviceLike, MetricFn
+from ._task_setup import TaskSetup, loss_name, setup_task
+from ._tasks import OUTPUTS, TaskSpec, check_task, transform_outputs
+from ._typing import DeviceLike, MetricFn, model_input_shape
 from ._validation import (
     check_bool,
+    check_choice,
     check_finite_float,
     check_module,
     check_optional_bool,
@@ -61,6 +64,10 @@ logger = logging.getLogger(__name__)
 
 Batches = TensorBatches | LoaderBatches
 
+#: ``metrics=``: ``None`` (the task's defaults), a name, a callable, a torchmetrics
+#: ``Metric``, a sequence of those, or a ``{name: metric}`` dict.
+Metrics = str | MetricFn | Sequence[Any] | Mapping[str, Any] | None
+
 
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -77,6 +84,12 @@ def _check_callbacks(callbacks: Any) -> list[Callback]:
             f"instances, e.g. [EarlyStopping()]. Received callbacks={callbacks!r}."
         )
     return list(callbacks)
+
+
+def _record(history: History, setup: TaskSetup) -> None:
+    """What the run trained: names in the History, the objects for ``evaluate``/``predict``."""
+    history.task, history.loss = setup.spec.task, loss_name(setup.loss_fn)
+    history.metrics, history.setup = list(setup.metrics.names), setup
 
 
 def _has_batchnorm(model: nn.Module) -> bool:
@@ -178,7 +191,7 @@ def _build_run(
     train_batches: Batches,
     val: Batches | None,
     loss_fn: LossFn,
-    metric_list: list[Metric],
+    metric_list: MetricSet,
     runtime: Runtime,
     ctx: _distributed.DistContext | None,
     epochs: int,
@@ -187,7 +200,7 @@ def _build_run(
     callbacks: list[Callback],
     options: _Options,
 ) -> Run:
-    log_keys = ["loss", *(m.name for m in metric_list)]
+    log_keys = ["loss", *metric_list.names]
     log_keys += [f"val_{k}" for k in log_keys] if val is not None else []
     state = TrainState(
         model=model, optimizer=opt, epochs=epochs, history=history, log_keys=tuple(log_keys),
@@ -218,7 +231,8 @@ def fit(
     lr: float = 1e-3,
     weight_decay: float = 0.0,
     loss: LossFn | None = None,
-    metrics: Sequence[str | MetricFn] = ("accuracy",),
+    task: str = "auto",
+    metrics: Metrics = None,
     device: DeviceLike = "auto",
     progress: bool = True,
     seed: int | None = None,
@@ -266,11 +280,27 @@ def fit(
             the model's parameters (``lr`` and ``weight_decay`` are then not used).
         lr: Learning rate for an optimizer that ``fit`` builds.
         weight_decay: Weight decay for an optimizer that ``fit`` builds.
-        loss: ``None`` for ``nn.CrossEntropyLoss()``, a loss module (an instance, or a
-            class such as ``nn.CrossEntropyLoss``, built with its defaults), or a
-            callable ``(outputs, targets) -> scalar`` returning the batch *mean*.
-        metrics: Names (``"accuracy"``) or callables ``(outputs, targets) -> scalar``
-            returning the batch mean, recorded under their ``__name__``.
+        loss: ``None`` for the task's default (``nn.CrossEntropyLoss()``,
+            ``nn.BCEWithLogitsLoss()`` for binary and multi-label, ``nn.MSELoss()`` for
+            regression), a loss module (an instance, or a class such as
+            ``nn.CrossEntropyLoss``, built with its defaults), or a callable
+            ``(outputs, targets) -> scalar`` returning the batch *mean*.
+        task: ``"auto"`` (default) infers the task from the first batch's outputs and
+            targets (and the loss): class-index targets are ``"multiclass"`` (dense for
+            ``(N, C, H, W)`` outputs with ``(N, H, W)`` class maps), float targets
+            that aren't all 0/1 ``"regression"``; a BCE loss means ``"binary"`` or
+            ``"multilabel"``. Or name it: ``"multiclass"``, ``"binary"``,
+            ``"multilabel"``, ``"regression"``. Ambiguous or contradictory evidence
+            raises before training; what was inferred is logged and recorded in the
+            History. See the Tasks guide.
+        metrics: ``None`` (the task's defaults: ``accuracy``, plus ``iou`` for dense
+            outputs; ``binary_accuracy``; ``mae``), or built-in names (``"accuracy"``,
+            ``"top5_accuracy"``, ``"binary_accuracy"``, ``"f1"``, ``"precision"``,
+            ``"recall"``, ``"iou"``, ``"mae"``, ``"mse"``, ``"rmse"``: exact over the
+            epoch), callables ``(outputs, targets) -> scalar`` returning the batch mean
+            (recorded under their ``__name__``; a lambda as ``metric_<position>``),
+            torchmetrics ``Metric`` objects, or a dict ``{name: metric}``. A metric that
+            doesn't fit the task raises before training.
         device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``,
             ``"cuda:1"``, ``"mps"`` or a ``torch.device``. On CUDA, host batches are
             pinned and copied with ``non_blocking=True``.
@@ -340,14 +370,16 @@ def fit(
 
     Returns:
         The [`History`][convkit.History] of per-epoch losses and metrics; it also records
-        ``seed`` and ``device``. Each submodule's train/eval mode is restored at the end.
+        ``seed``, ``device``, ``task``, ``loss`` and ``metrics``. Each submodule's
+        train/eval mode is restored at the end.
 
     Raises:
         ValueError: For a non-positive ``epochs``/``batch_size``/``lr``, a non-finite
             ``lr``/``weight_decay``/``grad_clip``, an unknown optimizer or metric, a
             scheduler on another optimizer, an unavailable device, empty data, inputs
-            that don't match ``model.input_shape``, or targets outside
-            ``[0, num_classes)``; all before any training.
+            that don't match ``model.input_shape``, targets outside
+            ``[0, num_classes)``, an ambiguous task, or a loss or metric that contradicts
+            the task; all before any training.
         TypeError: For arguments or batches of the wrong type.
         NonFiniteLossError: When the NaN guard trips (a ``FloatingPointError``).
 
@@ -370,8 +402,9 @@ def fit(
         check_finite_float("grad_clip", grad_clip, strict=True)
     check_optimizer(optimizer, model)
     check_scheduler(scheduler, optimizer, scheduler_interval)
-    loss_fn = resolve_loss(loss) or nn.CrossEntropyLoss()
-    metric_list = resolve_metrics(metrics)
+    loss_fn = resolve_loss(loss)
+    check_task(task)
+    requests = parse_metrics(metrics)
     for name, flag in (
         ("progress", progress),
         ("compile", compile),
@@ -398,13 +431,18 @@ def fit(
 
     # ---- data: checked against the model before any training
     ctx = _distributed.setup()
+    rng = torch.get_rng_state()  # drawn from for the shuffling seed; put back on errors
     try:
         generator, train_batches, val = _prepare_data(
             model, train_data, val_data, runtime, ctx, seed=seed, resuming=resume_from is not None,
             batch_size=batch_size,
             drop_last=drop_last, data_on_device=data_on_device,
         )  # fmt: skip
+        runtime.place(model)
+        setup = setup_task(model, train_batches, runtime, task=task, loss=loss_fn,
+                           requests=requests, name="train_data")  # fmt: skip
     except BaseException:
+        torch.set_rng_state(rng)
         _distributed.teardown(ctx)  # a process group fit created must not outlive the error
         raise
 
@@ -424,14 +462,15 @@ def fit(
     if compile:
         net = torch.compile(net)  # type: ignore[assignment]
     options = _Options(grad_clip, nan_guard, drop_last, scheduler_interval, progress)
-    run = _build_run(model, net, opt, sched, train_batches, val, loss_fn, metric_list, runtime,
-                     ctx, epochs, History(seed=seed, device=str(dev)), generator, callback_list,
-                     options)  # fmt: skip
+    run = _build_run(model, net, opt, sched, train_batches, val, setup.loss_fn, setup.metrics,
+                     runtime, ctx, epochs, History(seed=seed, device=str(dev)), generator,
+                     callback_list, options)  # fmt: skip
     state = run.state
     start_epoch = _resume(resume_from, run, generator) if resume_from is not None else 1
     state.epoch = start_epoch - 1
+    _record(state.history, setup)
     picked = " (picked by device='auto')" if device == "auto" else ""
-    logger.info("fit: epochs %d-%d on %s%s", start_epoch, epochs, dev, picked)
+    logger.info("fit: epochs %d-%d on %s%s; %s", start_epoch, epochs, dev, picked, setup.describe())
     if run.show and device == "auto":
         tqdm.write(f"Training on {dev} (device='auto'; pass device= to choose).")
 
@@ -473,12 +512,59 @@ def _inference_setup(
     return runtime, batches
 
 
+def _evaluation_setup(
+    model: nn.Module,
+    batches: Batches,
+    runtime: Runtime,
+    history: History | None,
+    task: str,
+    loss: LossFn | None,
+    metrics: Metrics,
+) -> TaskSetup:
+    """``evaluate``'s task, loss and metrics: the given ones, else ``history``'s, else inferred."""
+    requests = parse_metrics(metrics)
+    kept: TaskSetup | None = history.setup if history is not None else None
+    if history is not None and kept is None and history.task is not None:
+        # a History loaded from a file: only the names survive; rebuild what they name
+        task = history.task if task == "auto" else task
+        if metrics is None and history.metrics:
+            requests = _named(history.metrics, "metrics")
+    elif kept is not None:
+        task = kept.spec.task if task == "auto" else task
+        loss = kept.loss_fn if loss is None else loss
+        requests = kept.requests if metrics is None else requests
+    setup = setup_task(model, batches, runtime, task=task, loss=loss, requests=requests,
+                       name="data")  # fmt: skip
+    if (
+        history is not None
+        and kept is None
+        and history.loss not in (None, loss_name(setup.loss_fn))
+    ):
+        raise ValueError(
+            f"Invalid value for argument `history`: it was loaded from a file and records the "
+            f"loss {history.loss}, which can't be rebuilt from its name; pass loss= as in fit."
+        )
+    return setup
+
+
+def _named(names: list[str], argument: str) -> Any:
+    try:
+        return parse_metrics(names)
+    except ValueError:
+        raise ValueError(
+            f"Invalid value for argument `history`: it was loaded from a file and records the "
+            f"metrics {names}, not all built-in names; pass {argument}= as in fit."
+        ) from None
+
+
 def evaluate(
     model: nn.Module,
     data: Any,
     *,
+    history: History | None = None,
+    task: str = "auto",
     loss: LossFn | None = None,
-    metrics: Sequence[str | MetricFn] = ("accuracy",),
+    metrics: Metrics = None,
     device: DeviceLike = "auto",
     batch_size: int = 256,
     precision: str = "32",
@@ -487,14 +573,21 @@ def evaluate(
 ) -> dict[str, float]:
     """Loss and metrics of ``model`` on ``data``, as exact means over samples.
 
-    Runs in eval mode under ``torch.inference_mode``; afterwards every submodule is back
-    in the train/eval mode it was in, and no parameter or buffer has changed.
+    The loss and metrics are those ``fit`` used when ``history`` is the History it
+    returned; otherwise ``task``, ``loss`` and ``metrics`` work as in ``fit``, with the
+    same inference from the first batch (so a regression model is scored with MSE and
+    MAE, never with cross-entropy). Runs in eval mode under ``torch.inference_mode``;
+    afterwards every submodule is back in the train/eval mode it was in, and no
+    parameter or buffer has changed.
 
     Args:
         model: The network; it is moved to ``device``.
         data: Data in any form [`fit`][convkit.fit] takes, with targets.
-        loss: As in ``fit``; ``None`` is cross-entropy.
-        metrics: As in ``fit``.
+        history: The [`History`][convkit.History] ``fit`` returned: evaluate with its
+            task, loss and metrics. ``task``/``loss``/``metrics`` given here override it.
+        task: As in ``fit``.
+        loss: As in ``fit``; ``None``: ``history``'s, else the task's default.
+        metrics: As in ``fit``; ``None``: ``history``'s, else the task's defaults.
         device: As in ``fit``.
         batch_size: Samples per batch for data that isn't a ``DataLoader``.
         precision: As in ``fit``.
@@ -505,8 +598,8 @@ def evaluate(
         ``{"loss": ..., "accuracy": ...}`` (one key per metric).
 
     Raises:
-        ValueError: For empty data, data that doesn't match the model, or an unavailable
-            device.
+        ValueError: For empty data, data that doesn't match the model or the task, a
+            metric that doesn't fit the task, or an unavailable device.
         TypeError: For arguments of the wrong type.
 
     Examples:
@@ -516,34 +609,73 @@ def evaluate(
         >>> sorted(scores), model.training
         (['accuracy', 'loss'], True)
     """
-    loss_fn = resolve_loss(loss) or nn.CrossEntropyLoss()
-    metric_list = resolve_metrics(metrics)
+    if history is not None and not isinstance(history, History):
+        raise TypeError(
+            "Invalid type for argument `history`. Expected the History that fit returned. "
+            f"Received history={history!r}."
+        )
+    check_task(task)
+    loss_fn = resolve_loss(loss)
+    parse_metrics(metrics)
     runtime, batches = _inference_setup(
         model, data, device, batch_size, precision, memory_format, data_on_device, targets=True
     )
+    setup = _evaluation_setup(model, batches, runtime, history, task, loss_fn, metrics)
     with eval_mode(model), torch.inference_mode():
-        return run_epoch(model, batches, "data", loss_fn, metric_list, runtime, step=None)
+        return run_epoch(model, batches, "data", setup.loss_fn, setup.metrics, runtime, step=None)
+
+
+def _prediction_spec(output: Any, task: Any, history: Any) -> TaskSpec | None:
+    """The task ``output`` is read for (``None``: raw outputs, or unknown)."""
+    check_choice("output", output, OUTPUTS)
+    check_task(task)
+    if history is not None and not isinstance(history, History):
+        raise TypeError(
+            "Invalid type for argument `history`. Expected the History that fit returned. "
+            f"Received history={history!r}."
+        )
+    if task != "auto":
+        return TaskSpec(task)
+    if history is not None and history.setup is not None:
+        spec: TaskSpec = history.setup.spec
+        return spec
+    if history is not None and history.task is not None:
+        return TaskSpec(history.task)
+    if output != "logits":
+        transform_outputs(None, torch.zeros(0), output)  # raises, naming the fix
+    return None
 
 
 def predict(
     model: nn.Module,
     data: Any,
     *,
+    output: str = "logits",
+    task: str = "auto",
+    history: History | None = None,
     device: DeviceLike = "auto",
     batch_size: int = 256,
     precision: str = "32",
     memory_format: str = "auto",
     data_on_device: bool | None = None,
 ) -> torch.Tensor:
-    """Outputs (logits) of ``model`` for every sample of ``data``, in order.
+    """Outputs of ``model`` for every sample of ``data``, in order.
 
     Runs like [`evaluate`][convkit.evaluate]: eval mode, ``torch.inference_mode``, modes
-    restored afterwards.
+    restored afterwards. One sample without a batch dimension is accepted when its
+    shape is the model's ``input_shape``; its result then has no batch dimension either.
 
     Args:
         model: The network; it is moved to ``device``.
         data: A tensor of inputs, an ``(inputs, targets)`` pair, a ``Dataset`` or a
-            ``DataLoader`` (targets, if present, are ignored).
+            ``DataLoader`` (targets, if present, are ignored), or one sample.
+        output: ``"logits"`` (default: the raw outputs, for any model), ``"probs"``
+            (softmax over the classes for multiclass, sigmoid for binary and
+            multi-label) or ``"labels"`` (the arg-max class; 0/1 at the threshold).
+            ``"probs"``/``"labels"`` need the task: from ``history`` or ``task``.
+        task: ``"multiclass"``, ``"binary"`` or ``"multilabel"`` (the outputs being
+            logits), or ``"auto"``: ``history``'s task.
+        history: The [`History`][convkit.History] ``fit`` returned.
         device: As in ``fit``.
         batch_size: Samples per batch for data that isn't a ``DataLoader``.
         precision: As in ``fit``; the outputs are returned as float32 either way.
@@ -551,14 +683,26 @@ def predict(
         data_on_device: As in ``fit``.
 
     Returns:
-        A CPU tensor of shape ``(N, num_classes)``; ``.argmax(1)`` gives the classes.
+        A CPU tensor: ``(N, num_classes)`` logits or probabilities, ``(N,)`` class
+        labels (multiclass), or labels of the outputs' shape (binary, multi-label).
+
+    Raises:
+        ValueError: For ``output="probs"``/``"labels"`` without a task, or for a
+            regression; for data that doesn't match the model.
 
     Examples:
         >>> from convkit import build_cnn, predict
         >>> model = build_cnn((1, 28, 28), 10, channels=(8,), hidden=())
         >>> predict(model, torch.zeros(5, 1, 28, 28), device="cpu").shape
         torch.Size([5, 10])
+        >>> predict(model, torch.zeros(1, 28, 28), output="labels", task="multiclass",
+        ...         device="cpu").shape
+        torch.Size([])
     """
+    spec = _prediction_spec(output, task, history)
+    single = isinstance(data, torch.Tensor) and tuple(data.shape) == model_input_shape(model)
+    if single:
+        data = data.unsqueeze(0)
     runtime, batches = _inference_setup(
         model, data, device, batch_size, precision, memory_format, data_on_device, targets=False
     )
@@ -567,4 +711,5 @@ def predict(
         for batch in batches:
             with runtime.autocast():
                 outputs.append(model(runtime.format(batch.inputs)))
-    return torch.cat(outputs).float().cpu()
+    result = transform_outputs(spec, torch.cat(outputs).float().cpu(), output)
+    return result[0] if single else result
