@@ -26,7 +26,7 @@ from .shapes import summary
 from .squeeze_excite import SqueezeExcite
 from .training import evaluate, fit, predict
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "CNN",
