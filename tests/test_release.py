@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import importlib.metadata
+import re
+from pathlib import Path
+
+import pytest
 
 import convkit
 
@@ -11,3 +15,81 @@ def test_version_matches_the_installed_distribution() -> None:
     # hatch reads the version from convkit/__init__.py; an install built from any other
     # source of truth (or the unrelated PyPI project "convkit") would disagree here.
     assert convkit.__version__ == importlib.metadata.version("torch-convkit")
+
+
+# ------------------------------------------------------------- the distribution's name
+
+ROOT = Path(__file__).resolve().parents[1]
+# The one sentence, in README.md and docs/getting-started.md, that names the wrong command
+# on purpose; the scan skips exactly this wording (any line breaks), nothing around it.
+WHY_NOT_CONVKIT = (
+    "`pip install convkit` is the wrong command: on PyPI the name `convkit` belongs to an "
+    "unrelated project (an SDK for WhatsApp bots), so it installs that instead of this library."
+)
+WHY_PATTERN = re.compile(r"\s+".join(re.escape(word) for word in WHY_NOT_CONVKIT.split()))
+# `pip install convkit`, `pip install -U convkit[plot]`, `"convkit[plot]"`, `'convkit[`:
+# each installs the unrelated "convkit" distribution, not torch-convkit.
+WRONG_INSTALL = re.compile(
+    r"""pip3?\s+install\s+(?:-\S+\s+)*["']?convkit(?![\w.-])|["']convkit\["""
+)
+SCANNED = (
+    "README.md",
+    "mkdocs.yml",
+    "pyproject.toml",
+    "docs/**/*.md",
+    "src/**/*.py",
+    "examples/**/*.py",
+    "benchmarks/**/*.py",
+    ".github/workflows/*.yml",
+    ".ci/*",
+)
+
+
+def wrong_install_commands(text: str) -> list[str]:
+    """Each install command in ``text`` that would fetch PyPI's unrelated ``convkit``."""
+    text = WHY_PATTERN.sub("", text)
+    return [
+        f"line {text.count(chr(10), 0, m.start()) + 1}: {m.group(0)}"
+        for m in WRONG_INSTALL.finditer(text)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        ("pip install torch-convkit", False),
+        ('pip install "torch-convkit[plot]"', False),
+        ('pip install -e ".[dev]"', False),
+        ("import convkit  # from convkit import fit", False),
+        (WHY_NOT_CONVKIT, False),
+        (WHY_NOT_CONVKIT.replace("an unrelated", "an\nunrelated"), False),
+        ("pip install convkit", True),
+        ("pip install -U convkit", True),
+        ("pip install convkit[plot]", True),
+        ('pip install "convkit[plot]"', True),
+        ("needs matplotlib ('convkit[plot]' extra)", True),
+        (WHY_NOT_CONVKIT + "\n\n    pip install convkit\n", True),
+        (WHY_NOT_CONVKIT.replace("WhatsApp bots", "chat bots"), True),
+    ],
+)
+def test_wrong_install_commands_are_found(text: str, found: bool) -> None:
+    assert bool(wrong_install_commands(text)) is found
+
+
+def test_no_document_or_message_says_pip_install_convkit() -> None:
+    files = sorted({path for pattern in SCANNED for path in ROOT.glob(pattern) if path.is_file()})
+    names = {str(path.relative_to(ROOT)) for path in files}
+    assert {"README.md", "docs/getting-started.md", "src/convkit/history.py"} <= names
+    offenders = {
+        str(path.relative_to(ROOT)): found
+        for path in files
+        if (found := wrong_install_commands(path.read_text(encoding="utf-8")))
+    }
+    assert not offenders, offenders
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/getting-started.md"])
+def test_install_pages_say_why_not_convkit(page: str) -> None:
+    text = (ROOT / page).read_text(encoding="utf-8")
+    assert len(WHY_PATTERN.findall(text)) == 1
+    assert "pip install torch-convkit" in text

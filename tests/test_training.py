@@ -310,7 +310,7 @@ def test_history_plot_without_matplotlib(monkeypatch) -> None:
     history.append(1, {"loss": 1.0}, 0.1)
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    with pytest.raises(ImportError, match=r"convkit\[plot\]"):
+    with pytest.raises(ImportError, match=r'pip install "torch-convkit\[plot\]"'):
         history.plot()
 
 
