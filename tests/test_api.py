@@ -14,6 +14,7 @@ PUBLIC = {
     "datasets", "evaluate", "fit", "mnist", "mnist_sample", "predict", "resolve_device", "shapes",
     "DescribedModel", "NonFiniteLossError", "summary",
     "viz",
+    "setup_distributed",
 }  # fmt: skip
 
 

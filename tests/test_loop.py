@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+import convkit._distributed
 import convkit._loop
 from convkit import Callback, NonFiniteLossError, build_cnn, evaluate, fit, predict
 
@@ -247,13 +248,12 @@ def test_bad_argument_leaves_no_process_group_behind(small_data, monkeypatch) ->
 
 
 def test_bad_data_tears_down_the_process_group_fit_created(small_data, monkeypatch) -> None:
-    real_init = dist.init_process_group
     monkeypatch.setenv("WORLD_SIZE", "2")
 
-    def init_alone(backend: str, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        real_init(backend, store=dist.HashStore(), rank=0, world_size=1)
+    def init_alone(backend: str, timeout: float) -> None:
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
 
-    monkeypatch.setattr(dist, "init_process_group", init_alone)
+    monkeypatch.setattr(convkit._distributed, "_join", init_alone)
     inputs, targets = small_data
     try:
         with pytest.raises(ValueError, match=r"target 12 is outside \[0, 10\)"):

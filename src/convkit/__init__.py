@@ -7,6 +7,7 @@ Blocks ([`ConvBlock`][convkit.ConvBlock], [`Flatten`][convkit.Flatten],
 """
 
 from . import callbacks, checkpoints, datasets, shapes, viz
+from ._distributed import setup_distributed
 from ._loop import NonFiniteLossError
 from ._typing import DescribedModel
 from .blocks import ConvBlock, Flatten
@@ -60,6 +61,7 @@ __all__ = [
     "predict",
     "resolve_device",
     "save_checkpoint",
+    "setup_distributed",
     "shapes",
     "summary",
     "viz",

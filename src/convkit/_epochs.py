@@ -20,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._data import LoaderBatches, TensorBatches
+from ._distributed import any_rank, sync_buffers
 from ._loop import HardInterrupt, Step, run_epoch
 from ._metrics import MetricSet
 from ._optim import LossFn, current_lr
@@ -85,6 +86,8 @@ def _epoch(run: Run, epoch: int) -> dict[str, float]:
         )
     if run.step.interrupt.raised:
         return logs
+    if run.distributed:
+        sync_buffers(run.model)  # e.g. BatchNorm statistics: the same model on every rank
     if run.val is not None:
         # the model, not a DDP wrapper: evaluation needs no gradient sync
         with eval_mode(run.model), torch.inference_mode():
@@ -127,6 +130,8 @@ def _epochs(run: Run, start_epoch: int) -> None:
     for callback in callbacks:
         callback.on_train_begin(state)
     for epoch in range(start_epoch, state.epochs + 1):
+        if run.distributed:  # a stop asked for on any rank stops every rank
+            state.stop_training = any_rank(state.stop_training, run.runtime.device)
         if state.stop_training:  # set by a callback, or by a resumed run that had stopped
             break
         state.epoch = run.step.epoch = epoch

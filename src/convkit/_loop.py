@@ -239,9 +239,9 @@ def run_epoch(
             if now - last_refresh >= POSTFIX_INTERVAL_S:
                 last_refresh = now
                 bar.set_postfix(loss=f"{loss_sum.item() / count:.4f}", refresh=False)
-        if step is not None and (
-            step.interrupt.raised or (step.state is not None and step.state.stop_training)
-        ):
+        # distributed, a stop is agreed on by every rank at the end of the epoch instead
+        stop = step is not None and step.state is not None and step.state.stop_training
+        if step is not None and (step.interrupt.raised or (stop and not all_reduce)):
             break
     return _reduce(loss_sum, stats, count, metrics, name, all_reduce)
 

@@ -430,7 +430,7 @@ def fit(
         )
 
     # ---- data: checked against the model before any training
-    ctx = _distributed.setup()
+    ctx = _distributed.setup_distributed()
     rng = torch.get_rng_state()  # drawn from for the shuffling seed; put back on errors
     try:
         generator, train_batches, val = _prepare_data(
