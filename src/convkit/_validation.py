@@ -233,3 +233,51 @@ def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
             f"{', '.join(map(repr, choices))}. Received {name}={value!r}."
         )
     return value
+
+
+#: How a sample shape reads for 1, 2 and 3 spatial dimensions, in messages.
+SHAPE_NAMES = {1: "(C, L)", 2: "(C, H, W)", 3: "(C, D, H, W)"}
+
+
+def check_dims(value: Any) -> int:
+    """Return ``value`` if it is 1, 2 or 3 spatial dimensions, else raise."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(
+            "Invalid type for argument `dims`. Expected the int 1, 2 or 3. "
+            f"Received dims={value!r} of type {type(value).__name__}."
+        )
+    if value not in (1, 2, 3):
+        raise ValueError(
+            "Invalid value for argument `dims`. Expected 1 (sequences, nn.Conv1d), 2 (images, "
+            f"nn.Conv2d) or 3 (volumes, nn.Conv3d). Received dims={value}."
+        )
+    return int(value)
+
+
+def check_sample_shape(
+    name: str, value: Any, lengths: Sequence[int] | None, example: str
+) -> tuple[int, ...]:
+    """Return ``value`` as a tuple of positive ints (of one of ``lengths``), else raise.
+
+    ``lengths=None`` accepts any non-empty shape.
+    """
+    if lengths is None:
+        counts = "one or more"
+    else:
+        counts = (
+            " or ".join(map(str, lengths))
+            if len(lengths) < 3
+            else (f"{', '.join(map(str, lengths[:-1]))} or {lengths[-1]}")
+        )
+    if (
+        isinstance(value, (str, bytes))
+        or not isinstance(value, Sequence)
+        or not value
+        or (lengths is not None and len(value) not in lengths)
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+    ):
+        raise ValueError(
+            f"Invalid value for argument `{name}`. Expected {counts} positive ints: {example}. "
+            f"Received {name}={value!r}."
+        )
+    return tuple(int(v) for v in value)

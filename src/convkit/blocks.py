@@ -17,7 +17,6 @@ from torch import nn
 
 from ._layers import (
     CONV_NORMS,
-    DIMS,
     DROPOUTS,
     check_act,
     check_norm,
@@ -29,8 +28,10 @@ from ._layers import (
 )
 from ._typing import IntOrTuple, LayerSpec, Padding
 from ._validation import (
+    check_dims,
     check_groups,
     check_int_or_tuple,
+    check_optional_bool,
     check_positive_int,
     check_probability,
     parse_order,
@@ -126,20 +127,6 @@ class Flatten(nn.Flatten):
 
 #: How each number of spatial dimensions names its sizes in messages.
 _SPATIAL_NAMES = {1: "L", 2: "H, W", 3: "D, H, W"}
-
-
-def _check_dims(dims: Any) -> int:
-    if isinstance(dims, bool) or not isinstance(dims, int):
-        raise TypeError(
-            "Invalid type for argument `dims`. Expected the int 1, 2 or 3. "
-            f"Received dims={dims!r} of type {type(dims).__name__}."
-        )
-    if dims not in DIMS:
-        raise ValueError(
-            "Invalid value for argument `dims`. Expected 1 (sequences, nn.Conv1d), 2 (images, "
-            f"nn.Conv2d) or 3 (volumes, nn.Conv3d). Received dims={dims}."
-        )
-    return dims
 
 
 def _resolve_padding(
@@ -278,7 +265,7 @@ class ConvBlock(nn.Sequential):
         order: str = "conv-norm-act-pool-dropout",
     ) -> None:
         # Validate everything before building anything.
-        dims = _check_dims(dims)
+        dims = check_dims(dims)
         check_positive_int("in_channels", in_channels)
         check_positive_int("out_channels", out_channels)
         conv_args: dict[str, Any] = {
@@ -288,11 +275,7 @@ class ConvBlock(nn.Sequential):
             "groups": check_groups(in_channels, out_channels, groups),
         }
         pads = _resolve_padding(padding, conv_args["kernel_size"], conv_args["dilation"])
-        if bias is not None and not isinstance(bias, bool):
-            raise TypeError(
-                f"Invalid type for argument `bias`. Expected True, False or None. "
-                f"Received bias={bias!r}."
-            )
+        check_optional_bool("bias", bias, "no bias when a norm follows the conv")
         check_norm("norm", norm, CONV_NORMS[dims], dims=dims)
         check_act("act", act)
         check_pool("pool", pool)

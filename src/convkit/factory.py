@@ -33,7 +33,13 @@ from ._layers import (
 )
 from ._probe import infer_output_shape
 from ._typing import IntOrTuple, LayerSpec, Padding
-from ._validation import check_positive_int, check_positive_int_sequence, check_probability
+from ._validation import (
+    SHAPE_NAMES,
+    check_positive_int,
+    check_positive_int_sequence,
+    check_probability,
+    check_sample_shape,
+)
 from .blocks import ConvBlock, Flatten
 from .heads import MLPHead
 
@@ -41,9 +47,6 @@ __all__ = ["CNN", "build_cnn"]
 
 #: ``head_act``'s default: the head uses the blocks' activation (``act``'s last entry).
 INHERIT = "inherit"
-
-#: How ``input_shape`` reads for 1, 2 and 3 spatial dimensions, in messages.
-_SHAPE_NAMES = {1: "(C, L)", 2: "(C, H, W)", 3: "(C, D, H, W)"}
 
 
 class CNN(nn.Sequential):
@@ -173,20 +176,6 @@ def _per_block(name: str, value: Any, n: int, *, spatial_dims: int = 0) -> list[
     return [value] * n
 
 
-def _check_input_shape(input_shape: Any) -> tuple[int, ...]:
-    if (
-        not isinstance(input_shape, (tuple, list))
-        or len(input_shape) not in (2, 3, 4)
-        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in input_shape)
-    ):
-        raise ValueError(
-            "Invalid value for argument `input_shape`. Expected 2, 3 or 4 positive ints: "
-            "(channels, length) for 1-D, (channels, height, width) for 2-D, e.g. (1, 28, 28), "
-            f"or (channels, depth, height, width) for 3-D. Received input_shape={input_shape!r}."
-        )
-    return tuple(input_shape)
-
-
 def _jsonable(value: Any) -> bool:
     if value is None or isinstance(value, (bool, int, float, str)):
         return True
@@ -273,7 +262,7 @@ def assemble_cnn(
         if len(feature_shape) != dims + 1:
             raise ValueError(
                 f"Invalid value for argument `head_pool`: a global pool needs features of "
-                f"shape {_SHAPE_NAMES[dims]} to pool over, but `features` returns "
+                f"shape {SHAPE_NAMES[dims]} to pool over, but `features` returns "
                 f"{feature_shape} for input_shape={input_shape}. Use head_pool=None."
             )
         head_inputs = feature_shape[0]
@@ -385,7 +374,13 @@ def build_cnn(
         >>> build_cnn((28, 28), 10, channels=(16,), head_pool="avg").features.block1.conv
         Conv1d(28, 16, kernel_size=(3,), stride=(1,), padding=(1,), bias=False)
     """
-    shape = _check_input_shape(input_shape)
+    shape = check_sample_shape(
+        "input_shape",
+        input_shape,
+        (2, 3, 4),
+        "(channels, length) for 1-D, (channels, height, "
+        "width) for 2-D, e.g. (1, 28, 28), or (channels, depth, height, width) for 3-D",
+    )
     check_positive_int("num_classes", num_classes)
     _check_head_args(hidden, head_act, head_norm, head_dropout, head_pool)
     given: dict[str, Any] = {

@@ -20,7 +20,12 @@ from torch import nn
 from ._layers import AsymmetricPad
 from ._probe import infer_output_shape
 from ._typing import model_input_shape
-from ._validation import check_groups, check_int_or_tuple, check_positive_int
+from ._validation import (
+    check_groups,
+    check_int_or_tuple,
+    check_positive_int,
+    check_sample_shape,
+)
 
 
 def _check_padding(name: str, padding: int | tuple[int, int]) -> tuple[int, int]:
@@ -135,8 +140,11 @@ def same_padding(kernel_size: int, *, dilation: int = 1) -> tuple[int, int]:
 
     The total is ``dilation * (kernel_size - 1)`` whatever the stride and input size:
     with it, ``floor((size + D(K-1) - D(K-1) - 1) / S) + 1 = floor((size - 1) / S) + 1 =
-    ceil(size / S)``. An odd total (an even kernel) puts the extra zero after, as
-    TensorFlow's ``"SAME"`` does.
+    ceil(size / S)``. An odd total (an even kernel with an odd dilation) puts the extra
+    zero after. For stride 1 this is ``nn.Conv2d(padding="same")``. It is not
+    TensorFlow's ``"SAME"`` for stride > 1, whose total
+    ``max((ceil(size / S) - 1) * S + D(K-1) + 1 - size, 0)`` depends on the input size:
+    for ``size=16, K=3, S=2`` TensorFlow pads ``(0, 1)``, this function ``(1, 1)``.
 
     Args:
         kernel_size: Kernel length ``K``.
@@ -548,14 +556,9 @@ def _summary_input_shape(model: nn.Module, input_shape: Sequence[int] | None) ->
                 f"({type(model).__name__}), so summary can't know what to run. Pass one "
                 "sample's shape, e.g. summary(model, (1, 28, 28))."
             )
-    shape = tuple(input_shape)
-    if not shape or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
-                            for v in shape):  # fmt: skip
-        raise ValueError(
-            "Invalid value for argument `input_shape`. Expected positive ints, e.g. (1, 28, 28). "
-            f"Received input_shape={input_shape!r}."
-        )
-    return shape
+    return check_sample_shape(
+        "input_shape", input_shape, None, "one sample's shape, e.g. (1, 28, 28)"
+    )
 
 
 def summary(model: nn.Module, input_shape: Sequence[int] | None = None) -> ModelSummary:
