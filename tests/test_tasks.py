@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -428,3 +433,40 @@ def test_torchmetrics_metric_in_fit() -> None:
                   seed=0)  # fmt: skip
     assert history["val_tm_f1"] == pytest.approx(history["val_f1"], abs=1e-6)
     assert history["tm_f1"] == pytest.approx(history["f1"], abs=1e-6)
+
+
+def _launch(out: Path, task: str, nproc: int) -> dict[str, list[float]]:
+    here = Path(__file__).resolve().parent
+    path = str(here.parent / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": path}
+    worker = [str(here / "ddp_tasks_worker.py"), str(out), task]
+    cmd = [sys.executable, *worker] if nproc == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+        *worker]  # fmt: skip
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = [json.loads(p.read_text())["history"] for p in sorted(out.glob("rank*.json"))]
+    assert len(runs) == nproc and all(run == runs[0] for run in runs)  # every rank agrees
+    return runs[0]
+
+
+@pytest.mark.slow  # torchrun: two processes, then one
+@pytest.mark.parametrize("task", ["regression", "multilabel"])
+def test_two_gloo_processes_report_the_metrics_of_one(tmp_path: Path, task: str) -> None:
+    (tmp_path / "ddp").mkdir()
+    (tmp_path / "one").mkdir()
+    ddp = _launch(tmp_path / "ddp", task, nproc=2)
+    one = _launch(tmp_path / "one", task, nproc=1)
+    assert ddp.keys() == one.keys() and len(ddp) == 2 + 2 * (3 if task == "regression" else 5)
+    # counts and error sums all-reduced: equal up to float32 rounding of the batch means
+    for key in one:
+        assert ddp[key] == pytest.approx(one[key], rel=1e-6, abs=1e-9), key
+
+
+def test_fit_logs_what_it_inferred_once(caplog) -> None:
+    x, _ = _images(256)
+    with caplog.at_level("INFO", logger="convkit"):
+        fit(_cnn(2), (x, _regression_targets(x)), epochs=2, progress=False, device="cpu", seed=0)
+    said = [r.getMessage() for r in caplog.records if "inferred" in r.getMessage()]
+    assert len(said) == 1
+    assert "task regression (inferred from the first batch), loss MSELoss(), metrics mae" in said[0]
