@@ -85,8 +85,8 @@ def cross_correlation() -> None:
     grid(axes[0], x, "入力 x（5×5）", highlight=(0, 1, 3, 3))
     grid(axes[1], h, "フィルター h（3×3）")
     grid(axes[2], u, "出力 u（3×3）", highlight=(0, 1, 1, 1))
-    terms = " + ".join(f"{a:g}·{b:g}" for a, b in zip(window.flatten(), h.flatten(), strict=True)
-                       if b != 0)  # fmt: skip
+    pairs = zip(window.flatten().tolist(), h.flatten().tolist(), strict=True)
+    terms = " + ".join(f"{a:g}·{b:g}" if b >= 0 else f"{a:g}·({b:g})" for a, b in pairs if b)
     fig.suptitle(f"u[0,1] = {terms} = {u[0, 1]:g}（nn.Conv2d と同じ相互相関）", fontsize=10)
     save(fig, "theory-cross-correlation.png")
 
@@ -191,7 +191,7 @@ def edge_filter(image: torch.Tensor) -> None:
         axes = fig.subplots(1, 3, width_ratios=[3, 2, 3])
         axes[0].imshow(image[0].numpy(), cmap="gray")
         axes[0].set_title("入力の数字（28×28）", fontsize=10)
-        grid(axes[1], sobel, "縦のエッジを検出するフィルター")
+        grid(axes[1], sobel, "縦エッジのフィルター")
         limit = float(out.abs().max())
         shown = axes[2].imshow(out.numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit)
         axes[2].set_title("出力：左が暗く右が明るい所で正（赤）", fontsize=10)
@@ -228,6 +228,21 @@ def grad_cams(model: torch.nn.Module, images: torch.Tensor) -> None:
         for ax, p, c in zip(fig.axes, *cam_classes, strict=True):
             ax.set_title(f"予測 {int(c)}（確率 {float(p):.2f}）", fontsize=9)
         save(fig, "theory-grad-cam.png")
+
+
+def receptive_field_map(model: torch.nn.Module, image: torch.Tensor) -> None:
+    """The input region one unit of the last block sees, on a digit."""
+    save(
+        viz.plot_receptive_field(model, (1, 28, 28), (2, 1), image=image), "viz-receptive-field.png"
+    )
+    with japanese():
+        fig = viz.plot_receptive_field(model, (1, 28, 28), (2, 1), image=image)
+        top, left, h, w = viz.receptive_field_region(model, (1, 28, 28), (2, 1))
+        fig.axes[0].set_title(f"入力 28×28：行 {top}〜{top + h - 1}、列 {left}〜{left + w - 1}",
+                              fontsize=9)  # fmt: skip
+        fig.axes[1].set_title("第2ブロックの出力 4×4：位置 (2, 1) のユニット", fontsize=9)
+        fig.suptitle(f"1 ユニットの受容野は入力の {h}×{w} 画素", fontsize=10)
+        save(fig, "theory-receptive-field-map.png")
 
 
 def interpretation(model: torch.nn.Module) -> None:
@@ -267,4 +282,5 @@ if __name__ == "__main__":
     filters(model)
     feature_maps(model, firsts[4])
     grad_cams(model, firsts)
+    receptive_field_map(model, firsts[4])
     interpretation(model)

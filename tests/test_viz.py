@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from convkit import build_cnn, fit, viz
+from convkit import ConvBlock, build_cnn, fit, viz
+from convkit.shapes import receptive_field
 from convkit.viz import Interpretation
 
 pytest.importorskip("matplotlib")
@@ -244,6 +245,26 @@ def test_grad_cam_for_any_module_and_1d_convolutions() -> None:
     torch.testing.assert_close(cam, expected[:, 0])
 
 
+def test_default_layers_are_the_outermost_blocks_such_as_residual_blocks() -> None:
+    from convkit import ResidualBlock
+
+    torch.manual_seed(0)
+    seq = nn.Sequential(ConvBlock(1, 4), nn.Sequential(ResidualBlock(4, 8, stride=2)),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)).eval()  # fmt: skip
+    x = torch.randn(2, 1, 12, 12)
+    assert list(viz.feature_maps(seq, x)) == ["0", "1.0"]  # not conv1/conv2/shortcut inside
+    activation = seq[:2](x).detach().requires_grad_()
+    logits = seq[2:](activation)
+    score = logits.gather(1, logits.argmax(1, keepdim=True)).sum()
+    (grads,) = torch.autograd.grad(score, activation)
+    expected = torch.relu((grads.mean((2, 3), keepdim=True) * activation).sum(1, keepdim=True))
+    expected = F.interpolate(expected.detach(), size=(12, 12), mode="bilinear")
+    torch.testing.assert_close(viz.grad_cam(seq, x), expected[:, 0])
+    # a flat Sequential of layers has no blocks: its convolutions stand in
+    flat = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 2, 3))
+    assert list(viz.feature_maps(flat, x)) == ["0", "2"]
+
+
 def test_grad_cam_errors(model: nn.Module, digits: Any) -> None:
     x = digits[0][:2]
     with pytest.raises(ValueError, match=r"class indices in \[0, 9\]. Received \[10, 10\]"):
@@ -399,3 +420,141 @@ def test_history_plot_has_integer_epoch_ticks_and_one_axes_per_metric() -> None:
         assert [line.get_label() for line in ax.lines] == ["train", "validation"]
         ticks = [t for t in ax.get_xticks() if 1 <= t <= 3]
         assert ticks == [1, 2, 3] and all(float(t).is_integer() for t in ax.get_xticks())
+
+
+# ----------------------------------------------------------------------- receptive field
+
+
+def _footprint(
+    features: Callable[[torch.Tensor], torch.Tensor], shape: tuple[int, ...], position: Any
+) -> tuple[int, int, int, int]:
+    """Bounding box (top, left, height, width) of the input pixels with a non-zero gradient."""
+    torch.manual_seed(1)
+    x = torch.randn(1, *shape, requires_grad=True)
+    (grad,) = torch.autograd.grad(features(x)[0, :, position[0], position[1]].sum(), x)
+    rows = grad[0].abs().sum(0).sum(1).nonzero()[:, 0]
+    cols = grad[0].abs().sum(0).sum(0).nonzero()[:, 0]
+    top, left = int(rows.min()), int(cols.min())
+    return top, left, int(rows.max()) - top + 1, int(cols.max()) - left + 1
+
+
+def _clip(region: tuple[int, int, int, int], size: int) -> tuple[int, int, int, int]:
+    top, left, h, w = region
+    bottom, right = min(top + h, size), min(left + w, size)
+    return max(top, 0), max(left, 0), bottom - max(top, 0), right - max(left, 0)
+
+
+CHAINS = {
+    "pad-pool-stride-dilation": lambda: nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1),
+        nn.AvgPool2d(2),
+        nn.Conv2d(2, 2, 3, stride=2, dilation=2, padding=2),
+        nn.Conv2d(2, 3, (3, 5), padding=(0, 1)),
+    ),
+    "same-even-kernel-stride": lambda: nn.Sequential(
+        ConvBlock(1, 2, 4, stride=2, norm=None, act=None),
+        ConvBlock(2, 2, 3, padding="same", norm=None, act=None, pool="avg"),
+    ),
+}
+
+
+@pytest.mark.parametrize("chain", list(CHAINS))
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+def test_receptive_field_region_is_the_gradient_footprint(chain: str, where: str) -> None:
+    torch.manual_seed(0)
+    model = CHAINS[chain]()  # linear layers only: every pixel in the field gets a gradient
+    shape = (1, 30, 30)
+    out_h, out_w = model(torch.zeros(1, *shape)).shape[2:]
+    position = {"first": (0, 0), "middle": (out_h // 2, out_w // 2),
+                "last": (out_h - 1, out_w - 1)}[where]  # fmt: skip
+    last = str(len(model) - 1)
+    region = viz.receptive_field_region(model, shape, position, layer=last)
+    assert _clip(region, 30) == _footprint(model, shape, position)
+
+
+def test_receptive_field_of_the_trained_cnn_covers_its_gradient(model: nn.Module) -> None:
+    features = copy.deepcopy(model).eval().features
+    region = viz.receptive_field_region(model, (1, 28, 28), (3, 4))  # last block, 7x7 output
+    assert region[2:] == receptive_field(features) == (10, 10)
+    top, left, h, w = _footprint(features, (1, 28, 28), (3, 4))
+    c_top, c_left, c_h, c_w = _clip(region, 28)
+    # max-pooling and ReLU pass gradients to some pixels only: inside the field
+    assert c_top <= top and c_left <= left and top + h <= c_top + c_h and left + w <= c_left + c_w
+
+
+def test_plot_receptive_field_outlines_the_region(model: nn.Module, digits: Any) -> None:
+    image = digits[0][0]
+    fig = viz.plot_receptive_field(model, (1, 28, 28), (0, 6), image=image)
+    top, left, h, w = viz.receptive_field_region(model, (1, 28, 28), (0, 6))
+    assert (top, left, h, w) == (-3, 21, 10, 10)  # reaches into the zero padding
+    solid, dashed = fig.axes[0].patches
+    box = (solid.get_y() + 0.5, solid.get_x() + 0.5, solid.get_height(), solid.get_width())
+    assert box == (0, 21, 7, 7)  # the part inside the image
+    assert (dashed.get_y() + 0.5, dashed.get_x() + 0.5) == (top, left) and dashed.get_ls() == "--"
+    np.testing.assert_array_equal(fig.axes[0].images[0].get_array(), image[0].numpy())
+    assert np.argwhere(np.asarray(fig.axes[1].images[0].get_array()) == 1).tolist() == [[0, 6]]
+
+
+def test_receptive_field_errors(model: nn.Module) -> None:
+    with pytest.raises(ValueError, match=r"position`.*7x7 output.*Received position=\(7, 0\)"):
+        viz.receptive_field_region(model, (1, 28, 28), (7, 0))
+    with pytest.raises(
+        ValueError, match=r"input_shape`.*\(C, H, W\).*Received input_shape=\(28, 28\)"
+    ):
+        viz.receptive_field_region(model, (28, 28), (0, 0))
+    with pytest.raises(ValueError, match=r"2-D feature maps; head\.output"):
+        viz.receptive_field_region(model, (1, 28, 28), (0, 0), layer="head.output")
+    with pytest.raises(ValueError, match=r"1-D/3-D layers: 0"):
+        viz.receptive_field_region(nn.Sequential(nn.Conv1d(1, 1, 3)), (1, 8, 8), (0, 0))
+    with pytest.raises(ValueError, match=r"image`.*\(1, 28, 28\).*\(28, 28\)"):
+        viz.plot_receptive_field(model, (1, 28, 28), (0, 0), image=torch.zeros(28, 28))
+
+
+@pytest.mark.slow
+def test_visualise_example_writes_its_figures(tmp_path: Any) -> None:
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "visualise_cnn.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--epochs", "1", "--device", "cpu", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    names = {"filters", "feature-maps", "grad-cam", "receptive-field", "confusion-matrix",
+             "top-losses"}  # fmt: skip
+    assert {p.stem for p in tmp_path.glob("*.png")} == names
+    assert "class  precision  recall  support" in result.stdout
+
+
+# ---------------------------------------------------------------------------- layering
+
+VIZ_MODULES = {"viz", "_hooks", "_interpretation", "_plotting", "_receptive"}
+TRAINING_SIDE = {"training", "_loop", "_epochs", "_optim", "history", "callbacks", "_data",
+                 "_data_check", "_runtime", "_distributed", "_metrics", "_tasks"}  # fmt: skip
+
+
+def _convkit_imports(path: Any) -> set[str]:
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            names |= {node.module} if node.module else {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("convkit"):
+            names.add((node.module or "").removeprefix("convkit").strip(".") or "convkit")
+    return names
+
+
+def test_viz_sits_above_both_halves() -> None:
+    from pathlib import Path
+
+    import convkit
+
+    src = Path(convkit.__file__).parent
+    for path in src.glob("*.py"):
+        imported = _convkit_imports(path)
+        if path.stem in VIZ_MODULES:
+            assert not imported & TRAINING_SIDE, (path.name, imported & TRAINING_SIDE)
+        elif path.stem != "__init__":
+            assert not imported & VIZ_MODULES, (path.name, imported & VIZ_MODULES)

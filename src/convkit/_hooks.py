@@ -30,6 +30,7 @@ __all__ = [
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 NamedModule = tuple[str, nn.Module]
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 Conv = nn.Conv1d | nn.Conv2d | nn.Conv3d
 
 
@@ -39,17 +40,24 @@ def conv_layers(model: nn.Module) -> list[NamedModule]:
 
 
 def conv_blocks(model: nn.Module) -> list[NamedModule]:
-    """The modules below the root that hold a convolution as a direct child.
+    """The outermost blocks of ``model`` that hold a convolution, in registration order.
 
-    For ``build_cnn`` models these are the ``ConvBlock``s; for a
-    torchvision ResNet, the residual blocks (and their downsampling branches). A model
-    without such modules (a flat ``nn.Sequential`` of layers) gets its convolutions.
+    A block is a submodule with its own ``forward`` (not the root, not a plain
+    ``nn.Sequential``/``ModuleList``/``ModuleDict`` container, not a convolution itself)
+    with a convolution somewhere inside; blocks nested in another block don't count.
+    For ``build_cnn`` models these are the ``ConvBlock``s; with
+    ``ResidualBlock``s (or torchvision's ResNet blocks), the residual blocks, whose
+    output is after the skip connection. A model without such blocks (a flat
+    ``nn.Sequential`` of layers) gets its convolutions.
     """
-    blocks = [
-        (name, m)
-        for name, m in model.named_modules()
-        if name and any(isinstance(child, CONV_TYPES) for child in m.children())
-    ]
+    blocks: list[NamedModule] = []
+    for name, module in model.named_modules():  # parents before their children
+        if not name or isinstance(module, CONV_TYPES) or type(module) in _CONTAINERS:
+            continue
+        if any(name.startswith(f"{outer}.") for outer, _ in blocks):
+            continue
+        if any(isinstance(m, CONV_TYPES) for m in module.modules()):
+            blocks.append((name, module))
     return blocks or conv_layers(model)
 
 
@@ -103,7 +111,7 @@ def resolve_layers(
 
 
 def resolve_conv(model: nn.Module, arg: str, layer: str | nn.Module | None) -> tuple[str, Conv]:
-    """A convolution: the named one, the single conv inside a named block, or the first."""
+    """A convolution: the named one, the only one inside a named block, or the first."""
     convs = conv_layers(model)
     if not convs:
         raise ValueError(
@@ -115,7 +123,7 @@ def resolve_conv(model: nn.Module, arg: str, layer: str | nn.Module | None) -> t
     name, module = resolve_layer(model, arg, layer)
     if isinstance(module, CONV_TYPES):
         return name, module
-    inner = [(f"{name}.{n}", m) for n, m in module.named_children() if isinstance(m, CONV_TYPES)]
+    inner = [(f"{name}.{n}", m) for n, m in module.named_modules() if isinstance(m, CONV_TYPES)]
     if len(inner) == 1:
         return inner[0]
     raise ValueError(

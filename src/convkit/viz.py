@@ -38,6 +38,7 @@ from ._hooks import (
 from ._interpretation import ClassTable, Interpretation
 from ._plotting import grid_figure, mosaic, new_figure, show_image
 from ._probe import eval_mode
+from ._receptive import layers_up_to, region
 from ._validation import check_positive_int
 
 if TYPE_CHECKING:
@@ -52,7 +53,9 @@ __all__ = [
     "plot_feature_maps",
     "plot_filters",
     "plot_grad_cam",
+    "plot_receptive_field",
     "plot_top_losses",
+    "receptive_field_region",
 ]
 
 LayerArg = str | nn.Module
@@ -176,9 +179,10 @@ def feature_maps(
         model: Any model with convolutions.
         x: One sample ``(C, H, W)`` (``(C, L)`` / ``(C, D, H, W)`` for 1-D / 3-D
             models) or a batch of them; moved to the model's device and dtype.
-        layers: Layer names or modules; ``None`` means every conv block (the modules
-            holding a convolution, e.g. ``features.block1``; for a model without blocks,
-            its convolutions).
+        layers: Layer names or modules; ``None`` means every conv block: the outermost
+            modules with a convolution inside, such as ``ConvBlock``s
+            (``features.block1``) or residual blocks; for a model without blocks, its
+            convolutions.
 
     Returns:
         ``{name: output}`` in the order of ``layers``, each with a batch dimension.
@@ -458,6 +462,173 @@ def plot_grad_cam(
         scaled = heat / peak if peak > 0 else heat
         ax.imshow(scaled.numpy(), cmap="jet", alpha=alpha, vmin=0, vmax=1)
         ax.set_title(f"class {cls}: p={prob:.2f}", fontsize=9)
+    return fig
+
+
+# ----------------------------------------------------------------------- receptive field
+
+
+def _check_input_shape(input_shape: Any) -> tuple[int, int, int]:
+    shape = tuple(input_shape) if isinstance(input_shape, Sequence) else ()
+    if len(shape) != 3 or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape
+    ):
+        raise ValueError(
+            "Invalid value for argument `input_shape`. Expected one image's shape (C, H, W) "
+            f"of positive ints, e.g. (1, 28, 28). Received input_shape={input_shape!r}."
+        )
+    return shape[0], shape[1], shape[2]
+
+
+def _unit(
+    model: nn.Module, input_shape: Any, position: Any, layer: LayerArg | None
+) -> tuple[str, tuple[int, int], tuple[int, int, int, int]]:
+    """The layer's name, its output size and the unit's region, after checking them."""
+    _check_model(model)
+    shape = _check_input_shape(input_shape)
+    name, _ = _cam_layer(model, layer)
+    layers = layers_up_to(model, name)
+    output = feature_maps(model, torch.zeros(shape), [name])[name]
+    if output.dim() != 4:
+        raise ValueError(
+            f"Invalid value for argument `layer`. Expected a layer with 2-D feature maps; {name} "
+            f"gives shape {tuple(output.shape)}. Conv blocks: "
+            f"{', '.join(n for n, _ in conv_blocks(model))}."
+        )
+    size = (int(output.shape[2]), int(output.shape[3]))
+    if not (
+        isinstance(position, Sequence)
+        and len(position) == 2
+        and all(isinstance(p, int) and not isinstance(p, bool) for p in position)
+        and all(0 <= p < n for p, n in zip(position, size, strict=True))
+    ):
+        raise ValueError(
+            f"Invalid value for argument `position`. Expected (row, column) of a unit of "
+            f"{name}'s {size[0]}x{size[1]} output, each from 0 to {size[0] - 1} / {size[1] - 1}. "
+            f"Received position={position!r}."
+        )
+    return name, size, region(layers, (position[0], position[1]))
+
+
+def receptive_field_region(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    position: tuple[int, int],
+    *,
+    layer: LayerArg | None = None,
+) -> tuple[int, int, int, int]:
+    """The input region that one output unit of a layer depends on.
+
+    The size is [`shapes.receptive_field`][convkit.shapes.receptive_field] of the
+    convolution and pooling layers up to ``layer``; the position follows their strides
+    and paddings back from the unit. As for ``shapes.receptive_field``, the layers are
+    taken in registration order, which is the order of computation for chains of
+    layers such as [`build_cnn`][convkit.build_cnn]'s models (not for blocks with
+    parallel branches, such as residual blocks).
+
+    Args:
+        model: A model with 2-D convolutions.
+        input_shape: One input's shape ``(C, H, W)``.
+        position: ``(row, column)`` of the unit in the layer's output.
+        layer: The layer (name or module); ``None`` means the last conv block.
+
+    Returns:
+        ``(top, left, height, width)`` in input pixels. Where the field reaches into the
+        padding, ``top``/``left`` are negative or the region runs past the far edge.
+
+    Raises:
+        ValueError: For an unknown layer (the message lists the valid names), a bad
+            ``input_shape``, a ``position`` outside the layer's output, or 1-D/3-D layers.
+
+    Examples:
+        >>> from convkit import build_cnn
+        >>> model = build_cnn((1, 28, 28), 10, channels=(32, 64), kernel_size=5,
+        ...                   padding="valid", hidden=())
+        >>> receptive_field_region(model, (1, 28, 28), (0, 0))  # of a 4x4 output
+        (0, 0, 16, 16)
+        >>> receptive_field_region(model, (1, 28, 28), (3, 1))
+        (12, 4, 16, 16)
+    """
+    return _unit(model, input_shape, position, layer)[2]
+
+
+def plot_receptive_field(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    position: tuple[int, int],
+    *,
+    layer: LayerArg | None = None,
+    image: torch.Tensor | None = None,
+) -> Figure:
+    """The input region one output unit sees, next to that unit in the layer's output.
+
+    Left: the input (``image``, or an empty grid) with the receptive field from
+    [`receptive_field_region`][convkit.viz.receptive_field_region] outlined (the part
+    inside the image solid, a part in the padding dashed). Right: the layer's output
+    grid with the unit marked.
+
+    Args:
+        model: As in ``receptive_field_region``.
+        input_shape: One input's shape ``(C, H, W)``.
+        position: ``(row, column)`` of the unit in the layer's output.
+        layer: As in ``receptive_field_region``; ``None`` means the last conv block.
+        image: An input of shape ``input_shape`` to draw under the outline.
+
+    Returns:
+        The figure: two axes, each with one image and the outline patches.
+
+    Raises:
+        ValueError: As ``receptive_field_region``, and for an ``image`` whose shape
+            isn't ``input_shape``.
+
+    Examples:
+        >>> from convkit import build_cnn
+        >>> model = build_cnn((1, 28, 28), 10, channels=(8, 16), hidden=())
+        >>> fig = plot_receptive_field(model, (1, 28, 28), (3, 3))
+        >>> len(fig.axes), fig.axes[0].patches[0].get_width()
+        (2, 10)
+    """
+    if image is not None and (
+        not isinstance(image, torch.Tensor) or tuple(image.shape) != tuple(input_shape)
+    ):
+        got = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ValueError(
+            f"Invalid value for argument `image`. Expected a tensor of shape "
+            f"{tuple(input_shape)} (input_shape) or None. Received {got}."
+        )
+    name, size, (top, left, height, width) = _unit(model, input_shape, position, layer)
+    from matplotlib.patches import Rectangle
+    from matplotlib.ticker import MaxNLocator
+
+    _, rows, cols = _check_input_shape(input_shape)
+    fig = new_figure("plot_receptive_field", (7.5, 3.6))
+    axes = fig.subplots(1, 2)
+    if image is not None:
+        show_image(axes[0], image)
+    else:
+        axes[0].imshow(torch.zeros(rows, cols).numpy(), cmap="gray_r", vmin=0, vmax=1)
+    # the part of the field inside the image solid, the whole field (if larger) dashed
+    bottom, right = min(top + height, rows), min(left + width, cols)
+    clipped = (max(top, 0), max(left, 0), bottom - max(top, 0), right - max(left, 0))
+    for (y, x, h, w), style in ((clipped, "-"), ((top, left, height, width), "--")):
+        if style == "-" or (y, x, h, w) != clipped:
+            box = Rectangle((x - 0.5, y - 0.5), w, h, fill=False, ec="#e1812c", ls=style)
+            box.set(lw=2.5 if style == "-" else 1.5, clip_on=False)
+            axes[0].add_patch(box)
+    span = f"rows {top}..{top + height - 1}, cols {left}..{left + width - 1}"
+    axes[0].set_title(f"input {rows}x{cols}: {span}", fontsize=9)
+    unit = torch.zeros(size)
+    unit[position[0], position[1]] = 1
+    axes[1].imshow(unit.numpy(), cmap="Oranges", vmin=0, vmax=1.2)
+    axes[1].set_title(f"{name} {size[0]}x{size[1]}: unit {tuple(position)}", fontsize=9)
+    for ax, (h, w) in zip(axes, ((rows, cols), size), strict=True):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xticks([x - 0.5 for x in range(w + 1)], minor=True)
+        ax.set_yticks([y - 0.5 for y in range(h + 1)], minor=True)
+        ax.grid(which="minor", color="#cccccc", lw=0.5)
+        ax.tick_params(which="both", length=0, labelsize=7)
+    fig.suptitle(f"receptive field {height}x{width}", fontsize=10)
     return fig
 
 
