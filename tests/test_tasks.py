@@ -470,3 +470,16 @@ def test_fit_logs_what_it_inferred_once(caplog) -> None:
     said = [r.getMessage() for r in caplog.records if "inferred" in r.getMessage()]
     assert len(said) == 1
     assert "task regression (inferred from the first batch), loss MSELoss(), metrics mae" in said[0]
+
+
+def test_probability_outputs_keep_their_threshold_through_a_saved_history() -> None:
+    x, digits = _images(256)
+    y = (digits >= 5).float().unsqueeze(1)
+    model = nn.Sequential(_cnn(1), nn.Sigmoid())  # outputs probabilities: BCELoss
+    history = fit(model, (x, y), epochs=1, loss=nn.BCELoss(), progress=False, device="cpu", seed=0)
+    probs = predict(model, x, device="cpu")
+    assert 0 < (probs > 0.5).float().mean() < 1
+    for h in (history, History.from_dict(history.to_dict())):
+        assert torch.equal(predict(model, x, output="probs", history=h, device="cpu"), probs)
+        labels = predict(model, x, output="labels", history=h, device="cpu")
+        assert torch.equal(labels, (probs > 0.5).long())

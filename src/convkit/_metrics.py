@@ -29,7 +29,7 @@ import torch
 from ._tasks import TaskSpec
 from ._typing import MetricFn
 
-__all__ = ["MetricSet", "bind_metrics", "default_metrics", "parse_metrics"]
+__all__ = ["MetricSet", "Request", "bind_metrics", "default_metrics", "parse_metrics"]
 
 _TOPK = re.compile(r"top(\d+)_accuracy")
 _CLASSIFIERS = ("multiclass", "binary", "multilabel")

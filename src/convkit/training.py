@@ -639,8 +639,8 @@ def _prediction_spec(output: Any, task: Any, history: Any) -> TaskSpec | None:
     if history is not None and history.setup is not None:
         spec: TaskSpec = history.setup.spec
         return spec
-    if history is not None and history.task is not None:
-        return TaskSpec(history.task)
+    if history is not None and history.task is not None:  # loaded from a file: names only
+        return TaskSpec(history.task, threshold=0.5 if history.loss == "BCELoss()" else 0.0)
     if output != "logits":
         transform_outputs(None, torch.zeros(0), output)  # raises, naming the fix
     return None
