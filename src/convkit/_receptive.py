@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-from .blocks import _AsymmetricPadConv2d
+from ._layers import AsymmetricPad
 from .shapes import receptive_field
 
 __all__ = ["SPATIAL_2D", "layers_up_to", "region", "region_start"]
@@ -43,8 +43,8 @@ def layers_up_to(model: nn.Module, name: str) -> list[nn.Module]:
 
 def _pad_before(layer: nn.Module, dim: int) -> int:
     """Zeros added before the input along ``dim`` (0: height, 1: width)."""
-    if isinstance(layer, _AsymmetricPadConv2d):  # pad = (left, right, top, bottom)
-        return int(layer.pad[2 if dim == 0 else 0])
+    if isinstance(layer, AsymmetricPad):  # padding="same" with an odd total
+        return layer.padding_per_dim[dim][0]
     padding: Any = layer.padding
     if padding == "valid":
         return 0
