@@ -207,7 +207,7 @@ def mnist(
     if download and not all(path.exists() for path in needed):
         previous = socket.getdefaulttimeout()
         # torchvision's urlopen calls pass no timeout; without one an unreachable
-        # mirror can hang forever (the teaching notebook's stuck download).
+        # mirror can hang forever.
         socket.setdefaulttimeout(timeout)
         try:
             MNIST(os.fspath(root), train=train, download=True)

@@ -219,6 +219,36 @@ def _build_run(
                per_batch, options.progress and state.is_main, ctx is not None)  # fmt: skip
 
 
+def _check_flags(*, drop_last: Any, data_on_device: Any, **flags: Any) -> None:
+    for name, flag in flags.items():
+        check_bool(name, flag)
+    check_optional_bool("drop_last", drop_last, "drop a last batch of one sample for BatchNorm")
+    check_optional_bool("data_on_device", data_on_device, "decide by size")
+
+
+def _wrap(
+    model: nn.Module, ctx: _distributed.DistContext | None, dev: torch.device, *, compile: bool
+) -> nn.Module:
+    """What the training batches go through: the model, its DDP wrapper, compiled or not."""
+    net: nn.Module = model
+    if ctx is not None:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[dev.index] if dev.type == "cuda" else None
+        )
+    if compile:
+        net = torch.compile(net)  # type: ignore[assignment]
+    return net
+
+
+def _announce(run: Run, start_epoch: int, *, auto: bool, task: str) -> None:
+    """Log (and, with a progress bar, print) what is about to run and where."""
+    dev, epochs = run.runtime.device, run.state.epochs
+    picked = " (picked by device='auto')" if auto else ""
+    logger.info("fit: epochs %d-%d on %s%s; %s", start_epoch, epochs, dev, picked, task)
+    if run.show and auto:
+        tqdm.write(f"Training on {dev} (device='auto'; pass device= to choose).")
+
+
 def fit(
     model: nn.Module,
     train_data: Any,
@@ -405,15 +435,9 @@ def fit(
     loss_fn = resolve_loss(loss)
     check_task(task)
     requests = parse_metrics(metrics)
-    for name, flag in (
-        ("progress", progress),
-        ("compile", compile),
-        ("nan_guard", nan_guard),
-        ("sync_batchnorm", sync_batchnorm),
-    ):
-        check_bool(name, flag)
-    check_optional_bool("drop_last", drop_last, "drop a last batch of one sample for BatchNorm")
-    check_optional_bool("data_on_device", data_on_device, "decide by size")
+    _check_flags(progress=progress, compile=compile, nan_guard=nan_guard,
+                 sync_batchnorm=sync_batchnorm, drop_last=drop_last,
+                 data_on_device=data_on_device)  # fmt: skip
     seed = check_seed(seed)
     callback_list = _check_callbacks(callbacks)
     if resume_from is not None and not Path(resume_from).is_file():
@@ -454,13 +478,7 @@ def fit(
     runtime.place(model)
     opt = make_optimizer(optimizer, model, lr, weight_decay)
     sched = build_scheduler(scheduler, opt)
-    net: nn.Module = model
-    if ctx is not None:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[dev.index] if dev.type == "cuda" else None
-        )
-    if compile:
-        net = torch.compile(net)  # type: ignore[assignment]
+    net = _wrap(model, ctx, dev, compile=compile)
     options = _Options(grad_clip, nan_guard, drop_last, scheduler_interval, progress)
     run = _build_run(model, net, opt, sched, train_batches, val, setup.loss_fn, setup.metrics,
                      runtime, ctx, epochs, History(seed=seed, device=str(dev)), generator,
@@ -469,10 +487,7 @@ def fit(
     start_epoch = _resume(resume_from, run, generator) if resume_from is not None else 1
     state.epoch = start_epoch - 1
     _record(state.history, setup)
-    picked = " (picked by device='auto')" if device == "auto" else ""
-    logger.info("fit: epochs %d-%d on %s%s; %s", start_epoch, epochs, dev, picked, setup.describe())
-    if run.show and device == "auto":
-        tqdm.write(f"Training on {dev} (device='auto'; pass device= to choose).")
+    _announce(run, start_epoch, auto=device == "auto", task=setup.describe())
 
     # ---- training
     train(run, start_epoch)
