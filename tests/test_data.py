@@ -1,12 +1,20 @@
-"""The in-memory tensor path gives exactly the DataLoader path's batches."""
+"""Batching: the in-memory tensor path gives exactly the DataLoader path's batches, and
+costs no second copy of the data."""
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from convkit._data import Batching, LoaderBatches, TensorBatches, make_batches
+from convkit._runtime import Runtime
 
 
 @pytest.mark.parametrize("batch_size", [32, 50, 300, 512])
@@ -65,11 +73,31 @@ def test_other_datasets_go_through_a_dataloader(small_data) -> None:
     assert [b.inputs.shape[0] for b in batches] == [4, 4, 2]
 
 
-def test_channels_last_data_is_converted_once(small_data) -> None:
+def test_cpu_data_is_not_copied_to_channels_last() -> None:
+    # 3 channels: the layouts differ (with 1 channel both are the same strides)
+    inputs, targets = torch.rand(64, 3, 8, 8), torch.randint(0, 10, (64,))
     batches = make_batches(
-        small_data, Batching(name="data", batch_size=64, shuffle=True, generator=torch.Generator(),
-        device=torch.device("cpu"), need_targets=True, memory_format=torch.channels_last,
-    ))  # fmt: skip
-    assert batches.inputs.is_contiguous(memory_format=torch.channels_last)
-    first = next(iter(batches))
-    assert first.inputs.is_contiguous(memory_format=torch.channels_last)
+        (inputs, targets), Batching(name="data", batch_size=16, shuffle=True,
+        generator=torch.Generator(), device=torch.device("cpu"), need_targets=True,
+        memory_format=torch.channels_last),
+    )  # fmt: skip
+    assert isinstance(batches, TensorBatches)
+    assert batches.inputs.data_ptr() == inputs.data_ptr()  # the caller's tensor, no copy
+    assert batches.inputs.stride() == inputs.stride()
+    runtime = Runtime(torch.device("cpu"), torch.channels_last, None)
+    batch = next(iter(batches))
+    formatted = runtime.format(batch.inputs)  # what the loops feed the model
+    assert formatted.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(formatted, batch.inputs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("call", ["fit", "evaluate", "predict"])
+def test_peak_memory_above_the_data_stays_under_a_tenth(call: str) -> None:
+    """A fresh process per call: 30,000 3x32x32 images (352 MiB) in channels_last."""
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_memory.py"
+    cmd = [sys.executable, str(bench), "--one", call, "auto", "--n", "30000"]
+    env = {**os.environ, "PYTHONPATH": str(bench.parents[1] / "src"), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True, timeout=300)
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    assert row["share"] < 0.10, row

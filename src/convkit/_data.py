@@ -103,12 +103,14 @@ class TensorBatches:
         on_device = spec.on_device
         nbytes = inputs.nbytes + (targets.nbytes if targets is not None else 0)
         self.on_device = _fits_on(device, nbytes) if on_device is None else on_device
-        if inputs.dim() == 4 and memory_format is torch.channels_last:
-            # once for the whole dataset, so that every batch slice is already in format
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
         if self.on_device:
             inputs = inputs.to(device)
             targets = targets.to(device) if targets is not None else None
+            if device.type != "cpu" and inputs.dim() == 4 and memory_format is torch.channels_last:
+                # once on the accelerator, so that every batch slice is already in format;
+                # on the CPU each batch is converted as it is used (the loop's
+                # runtime.format) instead of holding a second full copy of the data
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
         elif device.type == "cuda":
             inputs = inputs.pin_memory()
             targets = targets.pin_memory() if targets is not None else None

@@ -527,6 +527,31 @@ def _inference_setup(
     return runtime, batches
 
 
+def _outputs(model: nn.Module, batches: Batches, runtime: Runtime) -> torch.Tensor:
+    """The model's outputs for every batch, as one float32 CPU tensor.
+
+    With a known number of samples they are written into one tensor allocated up front:
+    a small output kept alive after each batch would sit between the batches' large
+    temporaries and stop the C allocator from reusing their memory.
+    """
+    total = batches.num_samples if isinstance(batches, TensorBatches) else None
+    result: torch.Tensor | None = None
+    parts: list[torch.Tensor] = []
+    filled = 0
+    with eval_mode(model), torch.inference_mode():
+        for batch in batches:
+            with runtime.autocast():
+                out = model(runtime.format(batch.inputs))
+            if total is None:
+                parts.append(out)
+                continue
+            if result is None:
+                result = torch.empty((total, *out.shape[1:]), dtype=torch.float32)
+            result[filled : filled + out.shape[0]].copy_(out)
+            filled += out.shape[0]
+    return result if result is not None else torch.cat(parts).float().cpu()
+
+
 def _evaluation_setup(
     model: nn.Module,
     batches: Batches,
@@ -721,10 +746,5 @@ def predict(
     runtime, batches = _inference_setup(
         model, data, device, batch_size, precision, memory_format, data_on_device, targets=False
     )
-    outputs = []
-    with eval_mode(model), torch.inference_mode():
-        for batch in batches:
-            with runtime.autocast():
-                outputs.append(model(runtime.format(batch.inputs)))
-    result = transform_outputs(spec, torch.cat(outputs).float().cpu(), output)
+    result = transform_outputs(spec, _outputs(model, batches, runtime), output)
     return result[0] if single else result
