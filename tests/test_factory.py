@@ -348,3 +348,19 @@ def test_training_side_takes_any_size_a_global_pool_model_takes(sample_test) -> 
     flat = build_cnn((1, 28, 28), 10, channels=(8,))
     with pytest.raises(ValueError, match=r"input_shape \(1, 28, 28\)"):
         evaluate(flat, (bigger, labels), device="cpu")
+
+
+def test_min_input_shape_of_blocks_with_a_shortcut_branch() -> None:
+    # A residual block's layers don't run in registration order (the shortcut's strided
+    # 1x1 conv runs beside the branch, not after it): each block is asked for its size.
+    from convkit import ResidualBlock
+
+    features = nn.Sequential(
+        ResidualBlock(1, 4, stride=2), nn.MaxPool2d(3), ResidualBlock(4, 8, stride=2)
+    )
+    model = build_cnn((1, 28, 28), 3, features=features, head_pool="avg", hidden=()).eval()
+    c, h, w = model.min_input_shape
+    assert (c, h, w) == (1, 5, 5)  # ceil(5 / 2) = 3 -> pool 3 -> 1 -> ceil(1 / 2) = 1
+    assert model(torch.zeros(1, 1, h, w)).shape == (1, 3)
+    with pytest.raises(RuntimeError):  # one smaller and torch's max-pool fails
+        model.global_pool(model.features(torch.zeros(1, 1, h - 1, w)))

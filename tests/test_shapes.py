@@ -338,3 +338,13 @@ def test_top_level_summary_is_shapes_summary() -> None:
     model = build_cnn((1, 12, 12), 3, channels=(4,), hidden=(), head_pool="avg")
     assert isinstance(model, convkit.DescribedModel)
     assert str(convkit.summary(model)) == str(summary(model, (1, 12, 12)))
+
+
+def test_min_input_size_of_a_size_function() -> None:
+    # e.g. blocks measured by their own output_size: "same" conv with stride 3, then pool 4
+    def measure(size: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple((-(-n // 3)) // 4 for n in size)
+
+    assert min_input_size(measure, 2) == (10, 10)  # ceil(10 / 3) = 4 -> 1; ceil(9 / 3) = 3 -> 0
+    with pytest.raises(TypeError, match=r"`layers`"):
+        min_input_size(3, 2)  # type: ignore[arg-type]

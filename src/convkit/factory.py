@@ -219,12 +219,12 @@ def _min_input_shape(
 ) -> tuple[int, ...]:
     """The smallest sample shape ``features`` takes, from ``convkit.shapes``.
 
-    The size comes from the conv and pooling layers in registration order; with
-    ``verify`` (a module convkit didn't build) a dry run confirms it, and where it fails
-    the model keeps to sizes at least ``input_shape``.
+    The size comes from the blocks' own ``output_size`` or else the conv and pooling
+    layers in registration order; with ``verify`` (a module convkit didn't build) a dry
+    run confirms it, and where it fails the model keeps to sizes at least ``input_shape``.
     """
     dims = len(input_shape) - 1
-    computed = shapes.min_input_size(features, dims)
+    computed = shapes.min_input_size(lambda s: blocks_output_size(features, s), dims)
     smallest = (
         input_shape[0],
         *(min(c, s) for c, s in zip(computed, input_shape[1:], strict=True)),
@@ -501,6 +501,26 @@ def plain_features(
     return stack
 
 
+def blocks_output_size(module: nn.Module, size: Sequence[int]) -> tuple[int, ...]:
+    """Spatial output size of a module, measured block by block.
+
+    A module with an ``output_size`` method ([`ConvBlock`][convkit.ConvBlock] and the
+    other convkit blocks, which know their geometry, shortcut branches included) is asked;
+    any other module is measured child by child in registration order, and a layer by
+    [`convkit.shapes.layer_output_size`][convkit.shapes.layer_output_size].
+    """
+    sizes = tuple(size)
+    measure = getattr(module, "output_size", None)
+    if callable(measure):
+        return tuple(measure(sizes))
+    children = list(module.children())
+    if not children:
+        return shapes.layer_output_size(module, sizes)
+    for child in children:
+        sizes = blocks_output_size(child, sizes)
+    return sizes
+
+
 def check_stack_fits(
     stack: nn.Sequential, input_shape: tuple[int, ...], details: Sequence[str] = ()
 ) -> None:
@@ -512,16 +532,16 @@ def check_stack_fits(
     channels, size = input_shape[0], tuple(input_shape[1:])
     kept: list[int] = []
     for i, block in enumerate(stack.children()):
-        out = shapes.output_size(block, size)
+        out = blocks_output_size(block, size)
         if min(out) < 1:
-            smallest = (input_shape[0], *shapes.min_input_size(stack, len(size)))
+            smallest = shapes.min_input_size(lambda s: blocks_output_size(stack, s), len(size))
             settings = f" ({details[i]})" if i < len(details) else ""
             raise ValueError(
                 f"The feature map shrinks to nothing: block {i + 1} of {len(stack)}{settings} "
                 f"receives an input of shape {(channels, *size)} and would output a "
                 f"{'x'.join(map(str, out))} map. The smallest input these blocks take is "
-                f"{smallest}. Use padding='same', fewer blocks (channels={tuple(kept)}) or a "
-                f"larger input than input_shape={input_shape}."
+                f"{(input_shape[0], *smallest)}. Use padding='same', fewer blocks (channels="
+                f"{tuple(kept)}) or a larger input than input_shape={input_shape}."
             )
         channels = getattr(block, "out_channels", channels)
         kept.append(channels)

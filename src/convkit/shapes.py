@@ -10,7 +10,7 @@ spatial dimension of 1-D, 2-D and 3-D layers.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -398,13 +398,20 @@ def output_size(layers: nn.Module | Sequence[nn.Module], size: Sequence[int]) ->
     return sizes
 
 
-def min_input_size(layers: nn.Module | Sequence[nn.Module], dims: int) -> tuple[int, ...]:
+def min_input_size(
+    layers: nn.Module | Sequence[nn.Module] | Callable[[tuple[int, ...]], Sequence[int]],
+    dims: int,
+) -> tuple[int, ...]:
     """The smallest spatial input size for which a stack of layers outputs at least 1.
 
     Output sizes never shrink when the input grows, so every larger input works too.
 
     Args:
-        layers: A model, or a sequence of layers.
+        layers: A model or a sequence of layers (measured with
+            [`output_size`][convkit.shapes.output_size]), or a function mapping an input's
+            spatial size to the output's, for stacks whose layers don't run in
+            registration order (e.g. blocks with a shortcut branch, measured by their own
+            ``output_size`` methods).
         dims: The number of spatial dimensions (1, 2 or 3).
 
     Returns:
@@ -415,12 +422,17 @@ def min_input_size(layers: nn.Module | Sequence[nn.Module], dims: int) -> tuple[
         (10, 14)
     """
     check_positive_int("dims", dims)
-    stack = _layers("layers", layers)
+    measure: Callable[[tuple[int, ...]], Sequence[int]]
+    if isinstance(layers, nn.Module) or not callable(layers):
+        stack = _layers("layers", layers)
+        measure = lambda size: output_size(stack, size)  # noqa: E731
+    else:
+        measure = layers
     smallest = []
     for d in range(dims):
 
         def length(n: int, d: int = d) -> int:
-            return output_size(stack, tuple(n if i == d else 1 << 20 for i in range(dims)))[d]
+            return int(measure(tuple(n if i == d else 1 << 20 for i in range(dims)))[d])
 
         high = 1
         while length(high) < 1:  # grows at most linearly with the input: doubling ends
