@@ -105,6 +105,7 @@ REFUSED = [
     ("auto", _f(8, 1), _cont(8), nn.MSELoss(), r"targets of shape \(8,\).*unsqueeze\(1\)"),
     ("auto", _f(8, 3), _cont(8, 2), None, r"targets of shape \(8, 2\).*outputs of shape \(8, 3\)"),
     ("auto", _f(8, 3, 4, 4), _cls(8, 4, 5), None, r"class indices need shape \(8, 4, 4\)"),
+    ("auto", _f(8, 3), _cls(8, 1, classes=3), None, r"shape \(8,\): pass targets.squeeze\(1\)"),
 ]  # fmt: skip
 
 
