@@ -527,6 +527,39 @@ def test_visualise_example_writes_its_figures(tmp_path: Any) -> None:
     assert "class  precision  recall  support" in result.stdout
 
 
+def test_1d_and_3d_models_plot_their_filters_and_feature_maps() -> None:
+    torch.manual_seed(0)
+    net1 = nn.Sequential(nn.Conv1d(2, 3, 5), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 12, 4))
+    x1 = torch.randn(2, 16)  # one (C, L) sample
+    fig = viz.plot_feature_maps(net1, x1)
+    assert [len(ax.lines) for ax in fig.axes] == [1, 1, 1]  # a curve per channel
+    expected = viz.feature_maps(net1, x1)["0"][0, 2].numpy()
+    np.testing.assert_allclose(fig.axes[2].lines[0].get_ydata(), expected)
+    net3 = nn.Sequential(nn.Conv3d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4 * 4, 3))
+    x3 = torch.randn(1, 6, 6, 6)
+    maps = viz.feature_maps(net3, x3)["0"]  # (1, 2, 4, 4, 4)
+    fig = viz.plot_feature_maps(net3, x3)
+    np.testing.assert_allclose(fig.axes[1].images[0].get_array(), maps[0, 1, 2].numpy())
+    assert viz.grad_cam(net3, x3, target=2).shape == (6, 6, 6)
+    image = viz.plot_filters(net3).axes[0].images[0].get_array()
+    assert image.shape == (3, 3 * 4 - 1)  # one input channel: its 3 depth slices side by side
+    np.testing.assert_array_equal(image[:, 4:7], net3[0].weight.detach()[0, 0, 1].numpy())
+
+
+@pytest.mark.parametrize("shape", [(2, 16), (1, 8, 8, 8)], ids=["1d", "3d"])
+def test_build_cnn_in_1d_and_3d_has_blocks_feature_maps_and_grad_cam(
+    shape: tuple[int, ...],
+) -> None:
+    torch.manual_seed(0)
+    net = build_cnn(shape, 4, channels=(3, 5), hidden=())
+    x = torch.randn(2, *shape)
+    maps = viz.feature_maps(net, x)
+    assert list(maps) == ["features.block1", "features.block2"]
+    assert maps["features.block2"].shape[:2] == (2, 5)
+    assert viz.grad_cam(net, x).shape == (2, *shape[1:])
+    assert _no_hooks(net)
+
+
 # ---------------------------------------------------------------------------- layering
 
 VIZ_MODULES = {"viz", "_hooks", "_interpretation", "_plotting", "_receptive"}
