@@ -605,13 +605,16 @@ def _rng_states() -> list[object]:
     return [random.getstate(), np.random.get_state()[1].tolist(), torch.get_rng_state().tolist()]  # noqa: NPY002
 
 
-def test_resume_into_another_model_changes_nothing(tmp_path: Path, small_data) -> None:
+@pytest.mark.parametrize("seed", [None, 7])
+def test_resume_into_another_model_changes_nothing(
+    tmp_path: Path, small_data, seed: int | None
+) -> None:
     path = _run_to(tmp_path, small_data, 1)
     torch.manual_seed(1)
     other = build_cnn((1, 28, 28), 10, channels=(4,), hidden=(32,))
     before, rngs = _snapshot(other), _rng_states()
     with pytest.raises(ValueError, match=r"ep1.pt doesn't fit the model: 'head.linear1.weight'"):
-        fit(other, small_data, epochs=2, progress=False, device="cpu", resume_from=path)
+        fit(other, small_data, epochs=2, progress=False, device="cpu", resume_from=path, seed=seed)
     assert _unchanged(before, other) and _rng_states() == rngs
 
 

@@ -40,6 +40,7 @@ from ._optim import (
     steps_per_batch,
 )
 from ._probe import eval_mode
+from ._restore import rng_state, set_rng_state
 from ._runtime import Runtime
 from ._task_setup import TaskSetup, loss_name, setup_task
 from ._tasks import OUTPUTS, TaskSpec, check_task, transform_outputs
@@ -470,21 +471,27 @@ def fit(
         _distributed.teardown(ctx)  # a process group fit created must not outlive the error
         raise
 
-    # ---- set-up
-    if seed is not None:
-        _seed_everything(seed)
-    if sync_batchnorm:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[no-untyped-call]
-    runtime.place(model)
-    opt = make_optimizer(optimizer, model, lr, weight_decay)
-    sched = build_scheduler(scheduler, opt)
-    net = _wrap(model, ctx, dev, compile=compile)
-    options = _Options(grad_clip, nan_guard, drop_last, scheduler_interval, progress)
-    run = _build_run(model, net, opt, sched, train_batches, val, setup.loss_fn, setup.metrics,
-                     runtime, ctx, epochs, History(seed=seed, device=str(dev)), generator,
-                     callback_list, options)  # fmt: skip
-    state = run.state
-    start_epoch = _resume(resume_from, run, generator) if resume_from is not None else 1
+    # ---- set-up and resume (on an error the RNGs and the process group are put back)
+    rngs = rng_state()
+    try:
+        if seed is not None:
+            _seed_everything(seed)
+        if sync_batchnorm:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[no-untyped-call]
+        runtime.place(model)
+        opt = make_optimizer(optimizer, model, lr, weight_decay)
+        sched = build_scheduler(scheduler, opt)
+        net = _wrap(model, ctx, dev, compile=compile)
+        options = _Options(grad_clip, nan_guard, drop_last, scheduler_interval, progress)
+        run = _build_run(model, net, opt, sched, train_batches, val, setup.loss_fn, setup.metrics,
+                         runtime, ctx, epochs, History(seed=seed, device=str(dev)), generator,
+                         callback_list, options)  # fmt: skip
+        state = run.state
+        start_epoch = _resume(resume_from, run, generator) if resume_from is not None else 1
+    except BaseException:
+        set_rng_state(rngs)
+        _distributed.teardown(ctx)
+        raise
     state.epoch = start_epoch - 1
     _record(state.history, setup)
     _announce(run, start_epoch, auto=device == "auto", task=setup.describe())
