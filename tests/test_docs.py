@@ -11,6 +11,7 @@ import contextlib
 import functools
 import http.server
 import importlib.util
+import io
 import itertools
 import json
 import os
@@ -51,13 +52,34 @@ FENCE = re.compile(
 # ------------------------------------------------------------------ code blocks run
 
 
+OUTPUT_FENCE = 'text title="Output"'
+
+
 def python_blocks(page: Path) -> list[str]:
     """The ```python blocks of a page (```py blocks are shown but not run)."""
-    blocks = []
-    for match in FENCE.finditer(page.read_text(encoding="utf-8")):
-        if match["lang"] == "python" and "--8<--" not in match["body"]:
-            indent = len(match["indent"])
-            blocks.append("\n".join(line[indent:] for line in match["body"].splitlines()))
+    return [code for code, _ in python_blocks_and_outputs(page)]
+
+
+def python_blocks_and_outputs(page: Path) -> list[tuple[str, str | None]]:
+    """Each ```python block with the ```text title="Output" block right after it, if any:
+    what the code prints, shown to the reader and compared by the test."""
+    text = page.read_text(encoding="utf-8")
+    fences = list(FENCE.finditer(text))
+    blocks: list[tuple[str, str | None]] = []
+    for i, match in enumerate(fences):
+        after = fences[i + 1] if i + 1 < len(fences) else None
+        if match["lang"] != "python" or "--8<--" in match["body"]:
+            continue
+        indent = len(match["indent"])
+        code = "\n".join(line[indent:] for line in match["body"].splitlines())
+        output = None
+        if (
+            after is not None
+            and not text[match.end() : after.start()].strip()
+            and after.group(0).splitlines()[0].strip().endswith(OUTPUT_FENCE)
+        ):
+            output = "\n".join(line[indent:] for line in after["body"].splitlines())
+        blocks.append((code, output))
     return blocks
 
 
@@ -78,16 +100,54 @@ def trains(page: Path) -> bool:
 def test_python_blocks_in_docs_run(page: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {"__name__": f"docs:{page.name}"}
-    for number, block in enumerate(python_blocks(page), start=1):
+    for number, (block, output) in enumerate(python_blocks_and_outputs(page), start=1):
         code = compile(block, f"{page.relative_to(ROOT)} (block {number})", "exec")
-        exec(code, namespace)  # every block of a page shares one namespace, like a notebook
+        printed = io.StringIO()
+        with (
+            contextlib.redirect_stdout(printed) if output is not None else contextlib.nullcontext()
+        ):
+            exec(code, namespace)  # every block of a page shares one namespace, like a notebook
+        if output is not None:  # the output the page shows is what the code prints
+            assert printed.getvalue().rstrip("\n") == output.rstrip("\n"), (
+                number,
+                printed.getvalue(),
+            )
+
+
+def test_outputs_are_found_after_their_code(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text(
+        '```python\nprint(1)\n```\n\n```text title="Output"\n1\n```\n\n'
+        "```python\nx = 2\n```\n\nText.\n\n```text\nnot an output\n```\n",
+        encoding="utf-8",
+    )
+    assert python_blocks_and_outputs(page) == [("print(1)", "1"), ("x = 2", None)]
 
 
 def test_every_page_with_code_is_tested() -> None:
     runnable = [p for p in PAGES if python_blocks(p)]
     names = {str(p.relative_to(ROOT)) for p in runnable}
     assert {"README.md", "docs/theory.md", "docs/getting-started.md", "docs/guide/blocks.md",
-            "docs/guide/training.md", "docs/guide/training-in-depth.md"} <= names  # fmt: skip
+            "docs/guide/training.md", "docs/guide/training-in-depth.md", "docs/faq.md",
+            "docs/guide/own-images.md", "docs/guide/custom-modules.md"} <= names  # fmt: skip
+
+
+def test_pages_show_printed_outputs() -> None:
+    shown = {
+        str(p.relative_to(ROOT)): sum(o is not None for _, o in python_blocks_and_outputs(p))
+        for p in PAGES
+    }
+    assert shown["docs/faq.md"] >= 8  # the errors people hit, as printed
+    assert shown["docs/guide/build-cnn.md"] >= 1  # summary()
+    assert shown["docs/guide/own-images.md"] >= 4
+
+
+@pytest.mark.parametrize("page", sorted((DOCS / "guide").glob("*.md")), ids=lambda p: p.name)
+def test_guide_pages_link_to_the_api_reference(page: Path) -> None:
+    links = re.findall(r"\]\(\.\./reference/([\w.]+\.md)", page.read_text(encoding="utf-8"))
+    assert links, f"{page.name} links to no API reference page"
+    for link in links:
+        assert (DOCS / "reference" / link).is_file(), link
 
 
 def test_examples_are_included_from_examples_dir() -> None:
@@ -347,10 +407,7 @@ def test_spaces_between_cjk_are_found() -> None:
 
 
 def test_hook_joins_lines_between_cjk_only() -> None:
-    spec = importlib.util.spec_from_file_location("japanese", ROOT / "hooks" / "japanese.py")
-    assert spec and spec.loader
-    hook = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(hook)
+    hook = load_hook("japanese")
     html = "<p>学習に\n   <strong>任されて</strong>\nいます。the\nnext 行と\nPyTorch</p>"
     joined = "<p>学習に<strong>任されて</strong>います。the\nnext 行と\nPyTorch</p>"
     assert hook.join_cjk_lines(html) == joined
@@ -386,6 +443,51 @@ def test_theory_page_is_served_as_japanese() -> None:
     site = built_site()
     assert '<html lang="ja"' in (site / "theory" / "index.html").read_text(encoding="utf-8")
     assert '<html lang="en"' in (site / "index.html").read_text(encoding="utf-8")
+
+
+def load_hook(name: str):  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "hooks" / f"{name}.py")
+    assert spec and spec.loader
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    return hook
+
+
+def test_reference_index_lists_every_public_name() -> None:
+    import convkit
+
+    table = load_hook("api_index").public_names_table()
+    listed = re.findall(r"^\| \[`(\w+)`\]\[([\w.]+)\] \| (\w+) \| (.*) \|$", table, re.M)
+    assert sorted(name for name, *_ in listed) == sorted(convkit.__all__)
+    for name, path, kind, first_paragraph in listed:
+        obj = getattr(convkit, name)
+        # the link goes to where the object is defined (and documented)
+        defined_in = obj.__name__ if kind == "module" else f"{obj.__module__}.{obj.__qualname__}"
+        assert path == defined_in, (name, path)
+        assert first_paragraph, f"{name} has no docstring summary"
+
+
+def test_type_aliases_page_documents_every_alias() -> None:
+    from convkit import _typing
+
+    aliases = [name for name, hint in _typing.__annotations__.items() if hint == "TypeAlias"]
+    assert {"IntOrPair", "Padding", "LayerSpec", "DeviceLike", "MetricFn"} <= set(aliases)
+    section = load_hook("api_index").type_aliases_section()
+    headings = re.findall(r"^## `(\w+)` \{ #convkit\._typing\.(\w+) \}$", section, re.M)
+    assert [name for name, _ in headings] == aliases
+    assert all(name == anchor for name, anchor in headings)
+    for name in aliases:  # each with its definition and its meaning
+        body = section.split(f"## `{name}`")[1].split("## ")[0]
+        assert "`" in body and len(body.strip().splitlines()) >= 3, body
+
+
+@pytest.mark.slow
+def test_reference_pages_show_the_tables() -> None:
+    site = built_site()
+    index = (site / "reference" / "convkit" / "index.html").read_text(encoding="utf-8")
+    assert index.count("<tr>") >= 30 and 'href="../blocks/#convkit.blocks.ConvBlock"' in index
+    types = (site / "reference" / "types" / "index.html").read_text(encoding="utf-8")
+    assert 'id="convkit._typing.IntOrPair"' in types and "type-aliases -->" not in types
 
 
 # ---------------------------------------------------------------------- in a browser
