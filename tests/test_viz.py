@@ -339,6 +339,30 @@ def test_interpretation_matches_numpy(model: nn.Module, digits: Any) -> None:
     assert str(table).splitlines()[0].split() == ["class", "precision", "recall", "support"]
 
 
+def test_most_confused_lists_the_off_diagonal_counts(model: nn.Module, digits: Any) -> None:
+    x, y = digits
+    counts, _, _, _ = _numpy_reference(model, x, y)
+    interp = Interpretation.from_model(model, (x, y))
+    expected = sorted(
+        ((str(i), str(j), int(counts[i, j])) for i in range(10) for j in range(10)
+         if i != j and counts[i, j] >= 2),
+        key=lambda t: -t[2],
+    )  # fmt: skip
+    got = interp.most_confused(min_count=2)
+    assert sorted(got) == sorted(expected) and [c for *_, c in got] == [c for *_, c in expected]
+    assert got and sum(c for *_, c in interp.most_confused()) == 300 - np.trace(counts)
+
+
+def test_class_table_marks_classes_never_predicted() -> None:
+    confusion = torch.tensor([[3, 0, 1], [2, 0, 0], [0, 0, 0]])
+    interp = Interpretation(confusion, *[torch.zeros(6)] * 4, classes=["a", "b", "c"],
+                            sample=lambda i: torch.zeros(1, 2, 2))  # fmt: skip
+    table = interp.per_class()
+    assert table.precision[0] == 0.6 and np.isnan(table.precision[1])
+    assert table.recall == [0.75, 0.0, table.recall[2]] and np.isnan(table.recall[2])
+    assert str(table).splitlines()[2].split() == ["b", "n/a", "0.000", "2"]
+
+
 def test_top_losses_are_the_sorted_per_sample_losses(model: nn.Module, digits: Any) -> None:
     x, y = digits
     _, losses, _, _ = _numpy_reference(model, x, y)
@@ -374,6 +398,8 @@ def test_interpretation_errors(model: nn.Module, digits: Any) -> None:
         Interpretation.from_model(model, (x[:0], y[:0]))
     with pytest.raises(TypeError, match="argument `data`"):
         Interpretation.from_model(model, [1, 2, 3])
+    with pytest.raises(ValueError, match=r"scores of shape \(N, classes\).*\(4, 8, 14, 14\)"):
+        Interpretation.from_model(model.features.block1, (x[:4], y[:4]))
 
 
 def test_confusion_and_top_loss_figures(model: nn.Module, digits: Any) -> None:

@@ -132,7 +132,15 @@ def _accumulate(model: nn.Module, batches: Batches) -> tuple[torch.Tensor, torch
                 )
             inputs = inputs.to(device, dtype if inputs.is_floating_point() else None)
             targets = targets.to(device)
-            logits = model(inputs).float()  # (N, C)
+            logits = model(inputs)
+            if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+                got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)
+                raise ValueError(
+                    "Invalid value for argument `model`. Expected a classifier returning scores "
+                    f"of shape (N, classes). Received outputs {got} for inputs of shape "
+                    f"{tuple(inputs.shape)}."
+                )
+            logits = logits.float()  # (N, C)
             if counts is None:
                 num_classes = logits.shape[1]
                 counts = torch.zeros(num_classes**2 + 1, dtype=acc_dtype, device=device)
@@ -288,6 +296,17 @@ class Interpretation:
             recall=recall.tolist(),
             support=[int(v) for v in actual.tolist()],
         )
+
+    def most_confused(self, min_count: int = 1) -> list[tuple[str, str, int]]:
+        """``(true, predicted, count)`` for every mistake made at least ``min_count`` times,
+        most frequent first."""
+        check_positive_int("min_count", min_count)
+        off_diagonal = self.confusion.clone().fill_diagonal_(0)
+        pairs = [
+            (self.classes[i], self.classes[j], int(off_diagonal[i, j]))
+            for i, j in (off_diagonal >= min_count).nonzero().tolist()
+        ]
+        return sorted(pairs, key=lambda pair: -pair[2])
 
     def plot_confusion_matrix(self, *, normalize: bool = False) -> Figure:
         """The confusion matrix as an image, each cell annotated (up to 20 classes)."""
