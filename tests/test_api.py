@@ -85,6 +85,7 @@ def test_signatures_are_the_documented_ones() -> None:
         ("in_channels", pos, inspect.Parameter.empty),
         ("out_channels", pos, inspect.Parameter.empty),
         ("kernel_size", pos, 3),
+        ("dims", kw, 2),
         ("stride", kw, 1),
         ("bottleneck", kw, False),
         ("expansion", kw, None),
@@ -98,6 +99,7 @@ def test_signatures_are_the_documented_ones() -> None:
     ]
     assert _params(convkit.SeparableConv)[2:] == [
         ("kernel_size", pos, 3),
+        ("dims", kw, 2),
         ("stride", kw, 1),
         ("padding", kw, "same"),
         ("dilation", kw, 1),

@@ -239,3 +239,63 @@ def test_bad_arguments_raise_before_any_work(kwargs: dict, error: type, match: s
 def test_forward_rejects_the_wrong_input_naming_its_shape() -> None:
     with pytest.raises(ValueError, match=r"\(N, 8, H, W\).*\(2, 4, 5, 5\)"):
         ResidualBlock(8, 8)(torch.zeros(2, 4, 5, 5))
+
+
+CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+AVG = {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}
+
+
+class HandBuiltBasic(nn.Module):
+    """A post-activation basic block in ``dims`` dimensions, ResNet-D shortcut, SE."""
+
+    def __init__(self, dims: int, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        conv, bn = CONV[dims], BN[dims]
+        self.conv1, self.bn1 = conv(c_in, c_out, 3, stride, 1, bias=False), bn(c_out)
+        self.conv2, self.bn2 = conv(c_out, c_out, 3, 1, 1, bias=False), bn(c_out)
+        self.fc1, self.fc2 = nn.Linear(c_out, c_out // 4), nn.Linear(c_out // 4, c_out)
+        self.pool = AVG[dims](stride, stride, ceil_mode=True, count_include_pad=False)
+        self.proj, self.bn3 = conv(c_in, c_out, 1, bias=False), bn(c_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        spatial = tuple(range(2, x.dim()))
+        gate = torch.sigmoid(self.fc2(torch.relu(self.fc1(out.mean(spatial)))))
+        out = out * gate.view(*gate.shape, *[1] * len(spatial))
+        return torch.relu(out + self.bn3(self.proj(self.pool(x))))
+
+
+@pytest.mark.parametrize(("dims", "size"), [(1, (11,)), (2, (7, 6)), (3, (5, 4, 5))])
+def test_every_dims_matches_hand_built(dims: int, size: tuple[int, ...]) -> None:
+    ours = randomise(ResidualBlock(4, 8, dims=dims, stride=2, shortcut="avg", se_reduction=4))
+    assert ours.dims == dims and isinstance(ours.conv1.conv, CONV[dims])
+    assert isinstance(ours.shortcut.pool, AVG[dims])
+    reference = HandBuiltBasic(dims, 4, 8, 2)
+    # same tensors, registered in another order: conv1, bn1, conv2, bn2, se, shortcut
+    ref = dict(reference.named_children())
+    order = ["conv1", "bn1", "conv2", "bn2", "fc1", "fc2", "proj", "bn3"]
+    flat = [t for name in order for t in ref[name].state_dict().values()]
+    with torch.no_grad():
+        for mine, theirs in zip(ours.state_dict().values(), flat, strict=True):
+            theirs.copy_(mine)
+    assert_same(ours, reference, (2, 4, *size))
+    assert ours.output_size(size) == tuple(-(-s // 2) for s in size)
+
+
+@pytest.mark.parametrize("dims", [0, 4])
+def test_dims_outside_1_to_3_is_refused(dims: int) -> None:
+    rng = torch.get_rng_state()
+    with pytest.raises(ValueError, match=rf"`dims`.*1 .*2 .*3.*dims={dims}"):
+        ResidualBlock(4, 8, dims=dims)
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_stride_per_dimension_must_match_dims() -> None:
+    with pytest.raises(ValueError, match=r"`stride`.*tuple of 3"):
+        ResidualBlock(4, 8, dims=3, stride=(2, 2))
+
+
+def test_1d_block_rejects_images_naming_the_shape() -> None:
+    with pytest.raises(ValueError, match=r"\(N, 4, L\).*\(2, 4, 5, 5\)"):
+        ResidualBlock(4, 4, dims=1)(torch.zeros(2, 4, 5, 5))

@@ -82,3 +82,35 @@ def test_bad_arguments_raise_before_any_work(kwargs: dict, error: type, match: s
     with pytest.raises(error, match=match):
         SeparableConv(**args)
     assert torch.equal(torch.get_rng_state(), rng)
+
+
+@pytest.mark.parametrize(
+    ("dims", "conv", "bn"), [(1, nn.Conv1d, nn.BatchNorm1d), (3, nn.Conv3d, nn.BatchNorm3d)]
+)
+def test_other_dims_match_hand_built(dims: int, conv: type, bn: type) -> None:
+    ours = randomise(SeparableConv(4, 6, dims=dims, stride=2))
+    reference = nn.Sequential(
+        conv(4, 4, 3, 2, 1, groups=4, bias=False), bn(4), nn.ReLU(),
+        conv(4, 6, 1, bias=False), bn(6), nn.ReLU(),
+    )  # fmt: skip
+    reference.load_state_dict(
+        dict(zip(reference.state_dict(), ours.state_dict().values(), strict=True))
+    )
+    x = torch.randn(2, 4, *[7] * dims)
+    ours.eval()
+    reference.eval()
+    torch.testing.assert_close(ours(x), reference(x), rtol=0, atol=0)
+    assert ours.dims == dims and ours.output_size((7,) * dims) == (4,) * dims
+
+
+def test_summary_shows_the_saving_in_1d() -> None:
+    sep = summary(
+        SeparableConv(28, 64, 5, dims=1, norm=None, depthwise_norm=None, bias=False), (28, 28)
+    )
+    dense = summary(ConvBlock(28, 64, 5, dims=1, norm=None, bias=False), (28, 28))
+    assert sep.total_macs / dense.total_macs == pytest.approx(1 / 64 + 1 / 5)
+
+
+def test_dims_4_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"`dims`.*dims=4"):
+        SeparableConv(4, 4, dims=4)

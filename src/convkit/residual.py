@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._layers import CONV_NORMS, check_act, check_norm, create_act
-from ._typing import IntOrPair, LayerSpec
-from ._validation import check_int_or_tuple, check_positive_int, check_probability
-from .blocks import ConvBlock
+from ._layers import CONV_NORMS, POOLS, check_act, check_norm, create_act
+from ._typing import IntOrTuple, LayerSpec
+from ._validation import check_bool, check_int_or_tuple, check_positive_int, check_probability
+from .blocks import _SPATIAL_NAMES, ConvBlock, _check_dims
 from .drop_path import DropPath
 from .init import check_init, init_weights
 from .squeeze_excite import SqueezeExcite
@@ -29,15 +29,6 @@ __all__ = ["ResidualBlock"]
 
 #: Projection shortcuts: a strided 1x1 conv (ResNet B), or average pool + 1x1 (ResNet D).
 SHORTCUTS = ("conv", "avg")
-
-
-def _check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(
-            f"Invalid type for argument `{name}`. Expected True or False. "
-            f"Received {name}={value!r} of type {type(value).__name__}."
-        )
-    return value
 
 
 class ResidualBlock(nn.Module):
@@ -62,9 +53,11 @@ class ResidualBlock(nn.Module):
     Args:
         in_channels: Channels of the input, ``C_in``.
         out_channels: Channels of the output, ``C_out``.
-        kernel_size: Kernel size of the ``K x K`` convs, an int or a pair.
-        stride: Stride of the block (on its first ``K x K`` conv); the output is
-            ``ceil(H / stride)`` by ``ceil(W / stride)``.
+        kernel_size: Kernel size of the ``K x K`` convs, an int or one per dimension.
+        dims: Spatial dimensions: 1 for ``(N, C, L)``, 2 (default) for ``(N, C, H, W)``,
+            3 for ``(N, C, D, H, W)`` (as in [`ConvBlock`][convkit.ConvBlock]).
+        stride: Stride of the block (on its first ``K x K`` conv), an int or one per
+            dimension; each output size is ``ceil(size / stride)``.
         bottleneck: ``False``: two ``K x K`` convs; ``True``: 1x1 -> ``K x K`` -> 1x1.
         expansion: Bottleneck only: ``out_channels`` over the inner width (default 4);
             must divide ``out_channels``.
@@ -83,12 +76,13 @@ class ResidualBlock(nn.Module):
     Attributes:
         in_channels: ``C_in``.
         out_channels: ``C_out``.
-        stride: ``(s_h, s_w)``.
+        dims: The number of spatial dimensions.
+        stride: The stride, one int per dimension.
 
     Raises:
-        ValueError: For non-positive sizes, unknown names, ``expansion`` not dividing
-            ``out_channels`` (or given to a basic block), ``drop_path`` outside
-            ``[0, 1)``, or an unknown ``init``.
+        ValueError: For non-positive sizes, ``dims`` not 1, 2 or 3, unknown names,
+            ``expansion`` not dividing ``out_channels`` (or given to a basic block),
+            ``drop_path`` outside ``[0, 1)``, or an unknown ``init``.
         TypeError: For arguments of the wrong type.
 
     Examples:
@@ -101,11 +95,14 @@ class ResidualBlock(nn.Module):
         Conv2d(16, 16, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), bias=False)
         >>> ResidualBlock(64, 64).shortcut is None
         True
+        >>> ResidualBlock(28, 32, dims=1, stride=2)(torch.zeros(2, 28, 28)).shape
+        torch.Size([2, 32, 14])
     """
 
     in_channels: int
     out_channels: int
-    stride: tuple[int, int]
+    dims: int
+    stride: tuple[int, ...]
     se: SqueezeExcite | None
     drop_path: DropPath | None
     shortcut: nn.Sequential | None
@@ -115,9 +112,10 @@ class ResidualBlock(nn.Module):
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size: IntOrPair = 3,
+        kernel_size: IntOrTuple = 3,
         *,
-        stride: IntOrPair = 1,
+        dims: int = 2,
+        stride: IntOrTuple = 1,
         bottleneck: bool = False,
         expansion: int | None = None,
         norm: LayerSpec = "batch",
@@ -129,15 +127,15 @@ class ResidualBlock(nn.Module):
         init: str = "torch",
     ) -> None:
         # Validate everything before building anything.
+        dims = _check_dims(dims)
         check_positive_int("in_channels", in_channels)
         check_positive_int("out_channels", out_channels)
-        check_int_or_tuple("kernel_size", kernel_size, 2)
-        s_h, s_w = check_int_or_tuple("stride", stride, 2)
-        strides = (s_h, s_w)
-        _check_bool("bottleneck", bottleneck)
-        _check_bool("preact", preact)
+        check_int_or_tuple("kernel_size", kernel_size, dims)
+        strides = check_int_or_tuple("stride", stride, dims)
+        check_bool("bottleneck", bottleneck)
+        check_bool("preact", preact)
         width = self._width(out_channels, bottleneck, expansion)
-        check_norm("norm", norm, CONV_NORMS[2], dims=2)
+        check_norm("norm", norm, CONV_NORMS[dims], dims=dims)
         check_act("act", act)
         if not isinstance(shortcut, str) or shortcut not in SHORTCUTS:
             raise ValueError(
@@ -153,9 +151,10 @@ class ResidualBlock(nn.Module):
         super().__init__()
         self.in_channels = in_channels
         self.out_channels = out_channels
+        self.dims = dims
         self.stride = strides
         self.preact = preact
-        layer: dict[str, Any] = {"norm": norm, "act": act}
+        layer: dict[str, Any] = {"dims": dims, "norm": norm, "act": act}
         if preact:
             # each conv's output meets a norm (the next conv's, or the next block's after
             # the sum), which makes a bias redundant, as in timm's ResNetV2
@@ -182,7 +181,7 @@ class ResidualBlock(nn.Module):
             else SqueezeExcite(out_channels, reduction=se_reduction, act=act)
         )
         self.drop_path = DropPath(p_drop) if p_drop > 0 else None
-        needs_projection = in_channels != out_channels or strides != (1, 1)
+        needs_projection = in_channels != out_channels or any(s != 1 for s in strides)
         self.shortcut = (
             self._projection(shortcut, norm, layer.get("bias")) if needs_projection else None
         )
@@ -215,11 +214,12 @@ class ResidualBlock(nn.Module):
 
         Pre-activation blocks have no norm here: the sum meets the next block's norm.
         """
-        pooled = kind == "avg" and self.stride != (1, 1)
+        pooled = kind == "avg" and any(s != 1 for s in self.stride)
         proj = ConvBlock(
             self.in_channels,
             self.out_channels,
             1,
+            dims=self.dims,
             stride=1 if pooled else self.stride,
             bias=bias,
             norm=None if self.preact else norm,
@@ -228,7 +228,8 @@ class ResidualBlock(nn.Module):
         stages: list[tuple[str, nn.Module]] = list(proj.named_children())
         if pooled:
             # ceil_mode: a partial last window keeps ceil(H / stride), as the branch does
-            pool = nn.AvgPool2d(self.stride, self.stride, ceil_mode=True, count_include_pad=False)
+            avg_pool = POOLS[self.dims]["avg"]
+            pool = avg_pool(self.stride, self.stride, ceil_mode=True, count_include_pad=False)
             stages.insert(0, ("pool", pool))
         return nn.Sequential(OrderedDict(stages))
 
@@ -250,7 +251,11 @@ class ResidualBlock(nn.Module):
         nn.init.zeros_(weight)  # type: ignore[arg-type]
 
     def output_size(self, size: tuple[int, ...]) -> tuple[int, ...]:
-        """Spatial size ``(H_out, W_out)`` for an ``(H, W)`` input: ``ceil(size / stride)``.
+        """Spatial size of the output for an input of spatial size ``size``.
+
+        ``ceil(size / stride)`` per dimension, from the branch's
+        [`ConvBlock.output_size`][convkit.ConvBlock.output_size] (the shortcut runs beside
+        the branch and gives the same size).
 
         Examples:
             >>> ResidualBlock(8, 8, stride=2).output_size((15, 16))
@@ -261,10 +266,11 @@ class ResidualBlock(nn.Module):
         return size
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if input.dim() != 4 or input.shape[1] != self.in_channels:
+        if input.dim() != self.dims + 2 or input.shape[1] != self.in_channels:
             raise ValueError(
-                f"ResidualBlock expected input of shape (N, {self.in_channels}, H, W); "
-                f"received a tensor of shape {tuple(input.shape)}."
+                f"ResidualBlock expected input of shape (N, {self.in_channels}, "
+                f"{_SPATIAL_NAMES[self.dims]}); received a tensor of shape "
+                f"{tuple(input.shape)}."
             )
         first, *rest = self.branch_blocks()
         x = out = input

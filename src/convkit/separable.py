@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from ._layers import CONV_NORMS, check_act, check_norm
-from ._typing import IntOrPair, LayerSpec, Padding
+from ._typing import IntOrTuple, LayerSpec, Padding
 from ._validation import check_positive_int
-from .blocks import ConvBlock
+from .blocks import ConvBlock, _check_dims
 
 __all__ = ["SeparableConv"]
 
@@ -35,7 +35,9 @@ class SeparableConv(nn.Sequential):
     Args:
         in_channels: Channels of the input, ``C_in``.
         out_channels: Channels of the output, ``C_out``.
-        kernel_size: Depthwise kernel size, an int or a pair.
+        kernel_size: Depthwise kernel size, an int or one per dimension.
+        dims: Spatial dimensions, 1, 2 (default) or 3, as in
+            [`ConvBlock`][convkit.ConvBlock].
         stride: Depthwise stride.
         padding: Depthwise padding, as in [`ConvBlock`][convkit.ConvBlock] (``"same"``
             for any stride by default).
@@ -50,6 +52,7 @@ class SeparableConv(nn.Sequential):
     Attributes:
         in_channels: ``C_in``.
         out_channels: ``C_out``.
+        dims: The number of spatial dimensions.
 
     Raises:
         ValueError: For non-positive sizes or unknown layer names.
@@ -69,16 +72,18 @@ class SeparableConv(nn.Sequential):
 
     in_channels: int
     out_channels: int
+    dims: int
 
     def __init__(
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size: IntOrPair = 3,
+        kernel_size: IntOrTuple = 3,
         *,
-        stride: IntOrPair = 1,
+        dims: int = 2,
+        stride: IntOrTuple = 1,
         padding: Padding = "same",
-        dilation: IntOrPair = 1,
+        dilation: IntOrTuple = 1,
         depth_multiplier: int = 1,
         bias: bool | None = None,
         norm: LayerSpec = "batch",
@@ -91,15 +96,17 @@ class SeparableConv(nn.Sequential):
         check_positive_int("depth_multiplier", depth_multiplier)
         # The depthwise ConvBlock checks its own arguments before it builds anything; the
         # pointwise one's are checked here, so that nothing is built when they are bad.
-        check_norm("depthwise_norm", depthwise_norm, CONV_NORMS[2], dims=2)
+        dims = _check_dims(dims)
+        check_norm("depthwise_norm", depthwise_norm, CONV_NORMS[dims], dims=dims)
         check_act("depthwise_act", depthwise_act)
-        check_norm("norm", norm, CONV_NORMS[2], dims=2)
+        check_norm("norm", norm, CONV_NORMS[dims], dims=dims)
         check_act("act", act)
         mid = in_channels * depth_multiplier
         depthwise = ConvBlock(
             in_channels,
             mid,
             kernel_size,
+            dims=dims,
             stride=stride,
             padding=padding,
             dilation=dilation,
@@ -108,15 +115,16 @@ class SeparableConv(nn.Sequential):
             norm=depthwise_norm,
             act=depthwise_act,
         )
-        pointwise = ConvBlock(mid, out_channels, 1, bias=bias, norm=norm, act=act)
+        pointwise = ConvBlock(mid, out_channels, 1, dims=dims, bias=bias, norm=norm, act=act)
         super().__init__()
         self.in_channels = in_channels
         self.out_channels = out_channels
+        self.dims = dims
         self.depthwise = depthwise
         self.pointwise = pointwise
 
     def output_size(self, size: tuple[int, ...]) -> tuple[int, ...]:
-        """Spatial size ``(H_out, W_out)`` for an ``(H, W)`` input (the depthwise conv's).
+        """Spatial size of the output for an input of spatial size ``size``.
 
         Examples:
             >>> SeparableConv(8, 16, stride=2).output_size((15, 15))
@@ -125,5 +133,5 @@ class SeparableConv(nn.Sequential):
         return self.depthwise.output_size(size)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        x = self.depthwise(input)  # (N, C_in, H, W) -> (N, C_in * m, H', W')
-        return self.pointwise(x)  # type: ignore[no-any-return]  # -> (N, C_out, H', W')
+        x = self.depthwise(input)  # (N, C_in, *size) -> (N, C_in * m, *size')
+        return self.pointwise(x)  # type: ignore[no-any-return]  # -> (N, C_out, *size')
