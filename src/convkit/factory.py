@@ -32,6 +32,7 @@ from ._layers import (
     create_global_pool,
 )
 from ._probe import infer_output_shape
+from ._stages import RESIDUAL_DEFAULTS, family_features
 from ._typing import IntOrTuple, LayerSpec, Padding
 from ._validation import (
     SHAPE_NAMES,
@@ -295,6 +296,14 @@ def build_cnn(
     pool_size: IntOrTuple | Sequence[IntOrTuple] = 2,
     dropout: float | Sequence[float] = 0.0,
     order: str | Sequence[str] = "conv-norm-act-pool-dropout",
+    block: str = "plain",
+    depths: int | Sequence[int] = 1,
+    stem: int | Sequence[Any] | None = None,
+    preact: bool = False,
+    shortcut: str = "conv",
+    se_reduction: int | None = None,
+    drop_path: float = 0.0,
+    init: str = "torch",
     hidden: Sequence[int] = (128,),
     head_act: LayerSpec = INHERIT,
     head_norm: LayerSpec = None,
@@ -327,6 +336,22 @@ def build_cnn(
         pool_size: Per block.
         dropout: Per block (``nn.Dropout1d/2d/3d``).
         order: Per block, e.g. ``"conv-pool-act-norm-dropout"``.
+        block: The block family: ``"plain"`` (a [`ConvBlock`][convkit.ConvBlock] per
+            entry of ``channels``), ``"residual"`` or ``"bottleneck"`` (stages of
+            [`ResidualBlock`][convkit.ResidualBlock]s: ``channels`` gives each stage's
+            width, ``stride`` the stride of its first block, ``pool``/``pool_size``/
+            ``dropout`` close it; ``padding`` and ``order`` stay at their defaults).
+        depths: Residual blocks per stage: an int, or one per entry of ``channels``.
+        stem: ``None`` (default): no stem. A conv-norm-act stem before the stages:
+            its output channels (3x3, stride 1), or ``(channels, kernel_size, stride)``
+            such as ``(64, 7, 2)``; it uses the first stage's ``norm`` and ``act``.
+        preact: Residual families: pre-activation blocks, and a final norm-act.
+        shortcut: Residual families: ``"conv"`` or ``"avg"`` (ResNet-D) projections.
+        se_reduction: Residual families: a squeeze-excite in every block.
+        drop_path: Residual families: the stochastic-depth rate of the last block,
+            growing linearly from 0 at the first.
+        init: ``"torch"``, ``"kaiming"`` or (residual families) ``"zero_last"`` for the
+            features, see [`init_weights`][convkit.init_weights].
         hidden: Widths of the head's hidden layers.
         head_act: The head's activation, as ``act`` in [`MLPHead`][convkit.MLPHead];
             ``None`` switches it off; ``"inherit"`` (default) uses ``act`` (its last entry
@@ -395,6 +420,16 @@ def build_cnn(
         "dropout": dropout,
         "order": order,
     }
+    family: dict[str, Any] = {
+        "block": block,
+        "depths": depths,
+        "stem": stem,
+        "preact": preact,
+        "shortcut": shortcut,
+        "se_reduction": se_reduction,
+        "drop_path": drop_path,
+        "init": init,
+    }
     head_args = {
         "hidden": hidden,
         "head_act": head_act,
@@ -403,13 +438,13 @@ def build_cnn(
         "head_pool": head_pool,
     }
     if features is not None:
-        _check_own_features(features, given)
+        _check_own_features(features, {**given, **family})
         feature_module: nn.Module = features
         config = None
     else:
-        feature_module = plain_features(shape, **given)
+        feature_module = _family_features(shape, given, family)
         config = _plain_config(
-            {"input_shape": shape, "num_classes": num_classes, **given, **head_args}
+            {"input_shape": shape, "num_classes": num_classes, **given, **family, **head_args}
         )
     head_layer: Any = head_act
     if head_act == INHERIT:
@@ -429,15 +464,30 @@ def build_cnn(
     )
 
 
+def _family_features(
+    shape: tuple[int, ...], given: dict[str, Any], family: dict[str, Any]
+) -> nn.Module:
+    if family == {k: _DEFAULTS[k] for k in family}:
+        return plain_features(shape, **given)  # the default: plain blocks, exactly
+    residual = {k: family[k] for k in RESIDUAL_DEFAULTS}
+    return family_features(
+        shape,
+        block=family["block"],
+        depths=family["depths"],
+        stem=family["stem"],
+        init=family["init"],
+        residual=residual,
+        options=given,
+    )
+
+
 def _check_own_features(features: Any, given: dict[str, Any]) -> None:
     if not isinstance(features, nn.Module):
         raise TypeError(
             "Invalid type for argument `features`. Expected an nn.Module mapping "
             f"(N, *input_shape) to features. Received {type(features).__name__}."
         )
-    # build_cnn's own defaults, read from its signature so that they can't drift
-    defaults = {k: p.default for k, p in inspect.signature(build_cnn).parameters.items()}
-    clashing = [k for k, v in given.items() if k != "act" and v != defaults[k]]
+    clashing = [k for k, v in given.items() if k != "act" and v != _DEFAULTS[k]]
     if clashing:
         raise ValueError(
             f"Invalid arguments: {', '.join(f'`{k}`' for k in clashing)} configure the "
@@ -546,3 +596,7 @@ def check_stack_fits(
         channels = getattr(block, "out_channels", channels)
         kept.append(channels)
         size = out
+
+
+# build_cnn's own defaults, read from its signature so that they can't drift
+_DEFAULTS = {k: p.default for k, p in inspect.signature(build_cnn).parameters.items()}

@@ -237,6 +237,15 @@ class ResidualBlock(nn.Module):
         """The branch's [`ConvBlock`][convkit.ConvBlock]s in order (``conv1``, ...)."""
         return [m for name, m in self.named_children() if name.startswith("conv")]  # type: ignore[misc]
 
+    def spatial_path(self) -> list[nn.Module]:
+        """The branch's blocks: what sets the output size and the receptive field.
+
+        The [`SpatialPath`][convkit.shapes.SpatialPath] protocol of
+        [`convkit.shapes`][convkit.shapes]: its stack formulas follow the branch and
+        leave out the shortcut, which runs beside it.
+        """
+        return list(self.branch_blocks())
+
     def zero_init_last(self) -> None:
         """Zero the last norm's weight in the branch (the last conv's, if no norm ends it).
 

@@ -10,9 +10,9 @@ spatial dimension of 1-D, 2-D and 3-D layers.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -279,10 +279,31 @@ def _dims_of(layer: nn.Module) -> int | None:
     return None
 
 
+@runtime_checkable
+class SpatialPath(Protocol):
+    """A block whose children don't all run one after another, such as a residual block.
+
+    ``spatial_path`` lists the children that set the block's output size and receptive
+    field, in the order they run (a residual block's branch; its shortcut runs beside
+    it). The stack functions here walk that path instead of every child.
+    """
+
+    def spatial_path(self) -> list[nn.Module]:
+        """The children on the block's longest path, in order of computation."""
+
+
+def _walk(module: nn.Module) -> Iterator[nn.Module]:
+    """``module.modules()`` in registration order, taking only a ``SpatialPath``'s path."""
+    yield module
+    children = module.spatial_path() if isinstance(module, SpatialPath) else module.children()
+    for child in children:
+        yield from _walk(child)
+
+
 def _layers(name: str, layers: Any) -> list[nn.Module]:
     """The size-changing layers of a model (registration order) or of a sequence."""
     if isinstance(layers, nn.Module):
-        modules: list[nn.Module] = list(layers.modules())
+        modules: list[nn.Module] = list(_walk(layers))
     elif isinstance(layers, Sequence) and all(isinstance(m, nn.Module) for m in layers):
         modules = list(layers)
     else:
@@ -628,8 +649,9 @@ def summary(model: nn.Module, input_shape: Sequence[int] | None = None) -> Model
             handle.remove()
     rows = []
     spatial: list[nn.Module] = []
+    on_path = set(_walk(model))  # not a residual block's shortcut, which runs beside
     for module, output in records:
-        if isinstance(module, _SPATIAL):
+        if isinstance(module, _SPATIAL) and module in on_path:
             spatial.append(module)
         rows.append(
             {
