@@ -261,11 +261,17 @@ def test_residual_cnn_reaches_97_percent_on_bundled_mnist_test_split() -> None:
     train, test = mnist_sample(train=True), mnist_sample(train=False)  # 4,000 / 1,000 images
     torch.manual_seed(0)
     model = build_cnn(
-        (1, 28, 28), 10, block="residual", stem=16, channels=(16, 32), stride=(2, 2),
-        pool=None, head_pool="avg", hidden=(), init="zero_last",
+        (1, 28, 28), 10, block="residual", channels=(16, 32), pool="max", hidden=(128,),
+        head_dropout=0.3, init="kaiming",
     )  # fmt: skip
+    epochs, steps = 5, 5 * 32  # 4,000 images in batches of 128
+
+    def one_cycle(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=5e-3, total_steps=steps)
+
     start = time.perf_counter()
-    fit(model, train, epochs=2, batch_size=64, lr=3e-3, progress=False, seed=0, device="cpu")
+    fit(model, train, epochs=epochs, lr=5e-3, scheduler=one_cycle, progress=False, seed=0,
+        device="cpu")  # fmt: skip
     metrics = evaluate(model, test, device="cpu")
     print(f"residual MNIST: {metrics} in {time.perf_counter() - start:.1f} s")
     assert metrics["accuracy"] >= 0.97
