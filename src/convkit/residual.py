@@ -19,8 +19,14 @@ from torch import nn
 
 from ._layers import CONV_NORMS, POOLS, check_act, check_norm, create_act
 from ._typing import IntOrTuple, LayerSpec
-from ._validation import check_bool, check_int_or_tuple, check_positive_int, check_probability
-from .blocks import _SPATIAL_NAMES, ConvBlock, _check_dims
+from ._validation import (
+    check_bool,
+    check_dims,
+    check_int_or_tuple,
+    check_positive_int,
+    check_probability,
+)
+from .blocks import _SPATIAL_NAMES, ConvBlock
 from .drop_path import DropPath
 from .init import check_init, init_weights
 from .squeeze_excite import SqueezeExcite
@@ -127,7 +133,7 @@ class ResidualBlock(nn.Module):
         init: str = "torch",
     ) -> None:
         # Validate everything before building anything.
-        dims = _check_dims(dims)
+        dims = check_dims(dims)
         check_positive_int("in_channels", in_channels)
         check_positive_int("out_channels", out_channels)
         check_int_or_tuple("kernel_size", kernel_size, dims)

@@ -16,8 +16,8 @@ from torch import nn
 
 from ._layers import CONV_NORMS, check_act, check_norm
 from ._typing import IntOrTuple, LayerSpec, Padding
-from ._validation import check_positive_int
-from .blocks import ConvBlock, _check_dims
+from ._validation import check_dims, check_positive_int
+from .blocks import ConvBlock
 
 __all__ = ["SeparableConv"]
 
@@ -96,7 +96,7 @@ class SeparableConv(nn.Sequential):
         check_positive_int("depth_multiplier", depth_multiplier)
         # The depthwise ConvBlock checks its own arguments before it builds anything; the
         # pointwise one's are checked here, so that nothing is built when they are bad.
-        dims = _check_dims(dims)
+        dims = check_dims(dims)
         check_norm("depthwise_norm", depthwise_norm, CONV_NORMS[dims], dims=dims)
         check_act("depthwise_act", depthwise_act)
         check_norm("norm", norm, CONV_NORMS[dims], dims=dims)
