@@ -117,6 +117,23 @@ def test_feature_maps_match_a_manual_forward(model: nn.Module, digits: Any) -> N
     assert list(maps) == layers
 
 
+def test_a_module_called_twice_records_its_last_call() -> None:
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1, self.conv2, self.act = nn.Conv2d(1, 2, 3), nn.Conv2d(2, 2, 3), nn.ReLU()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.act(self.conv2(self.act(self.conv1(x))))
+
+    net, x = Net(), torch.randn(1, 1, 8, 8)
+    maps = viz.feature_maps(net, x, ["act", "conv2"])
+    torch.testing.assert_close(maps["act"], torch.relu(maps["conv2"]))
+    assert list(viz.feature_maps(net, x)) == ["conv1", "conv2"]  # no blocks: the convolutions
+
+
 def test_plot_feature_maps_draws_one_panel_per_channel(model: nn.Module, digits: Any) -> None:
     fig = viz.plot_feature_maps(model, digits[0][0], max_channels=12)
     images = [len(ax.images) for ax in fig.axes]

@@ -185,7 +185,9 @@ def feature_maps(
             convolutions.
 
     Returns:
-        ``{name: output}`` in the order of ``layers``, each with a batch dimension.
+        ``{name: output}`` in the order of ``layers``, each with a batch dimension. A
+        module that runs several times in one forward pass (one ``nn.ReLU`` reused
+        after every convolution) gives the output of its last call.
 
     Raises:
         TypeError: If ``x`` isn't a tensor or ``layers`` has the wrong type.
