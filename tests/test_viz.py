@@ -390,6 +390,27 @@ def test_top_losses_are_the_sorted_per_sample_losses(model: nn.Module, digits: A
     assert len(interp.top_losses(1000)[0]) == 300
 
 
+def test_interpretation_reads_back_to_the_host_once(
+    model: nn.Module, digits: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    x, y = digits
+    calls = {"cpu": 0, "item": 0, "tolist": 0, "__bool__": 0}
+
+    def counting(name: str) -> Any:
+        original = getattr(torch.Tensor, name)
+
+        def wrapper(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            calls[name] += 1
+            return original(self, *args, **kwargs)
+
+        return wrapper
+
+    for name in calls:
+        monkeypatch.setattr(torch.Tensor, name, counting(name))
+    Interpretation.from_model(model, (x, y), batch_size=32)  # 10 batches
+    assert calls == {"cpu": 1, "item": 0, "tolist": 0, "__bool__": 0}
+
+
 def test_interpretation_takes_datasets_and_loaders_alike(model: nn.Module, digits: Any) -> None:
     x, y = digits
     by_pair = Interpretation.from_model(model, (x, y))
