@@ -458,7 +458,9 @@ def test_two_gloo_processes_report_the_metrics_of_one(tmp_path: Path, task: str)
     (tmp_path / "one").mkdir()
     ddp = _launch(tmp_path / "ddp", task, nproc=2)
     one = _launch(tmp_path / "one", task, nproc=1)
-    assert ddp.keys() == one.keys() and len(ddp) == 2 + 2 * (3 if task == "regression" else 5)
+    assert ddp.keys() == one.keys() and len(ddp) >= 2 + 2 * (3 if task == "regression" else 5)
+    if "tm_f1" in ddp:  # torchmetrics installed: its own sync agrees with convkit's counts
+        assert ddp["val_tm_f1"] == pytest.approx(ddp["val_f1"], abs=1e-6)
     # counts and error sums all-reduced: equal up to float32 rounding of the batch means
     for key in one:
         assert ddp[key] == pytest.approx(one[key], rel=1e-6, abs=1e-9), key
