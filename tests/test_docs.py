@@ -273,6 +273,66 @@ def matrices_in(text: str) -> list[list[float]]:
     return [[float(n) for n in re.findall(r"-?\d+(?:\.\d+)?", m)] for m in MATRIX.findall(text)]
 
 
+def literal_matrices(source: str) -> list[torch.Tensor]:
+    """Every 2-D list literal of numbers in Python ``source``, as tensors."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.List) and len(node.elts) > 1:
+            try:
+                rows = ast.literal_eval(node)
+                found.append(torch.tensor(rows, dtype=torch.float64))
+            except (ValueError, TypeError):  # not a literal, or ragged / not numbers
+                continue
+    return [m for m in found if m.dim() == 2]
+
+
+def figure_matrices(source: str) -> list[torch.Tensor]:
+    """The number grids the figure script draws: its literals, their cross-correlations
+    with every smaller literal and their 2x2 max poolings."""
+    literals = literal_matrices(source)
+    derived = [
+        F.conv2d(x[None, None], h[None, None])[0, 0]
+        for x in literals
+        for h in literals
+        if h.shape[0] < x.shape[0] and h.shape[1] < x.shape[1]
+    ]
+    pooled = [F.max_pool2d(x[None, None], 2)[0, 0] for x in literals if min(x.shape) >= 2]
+    return literals + derived + pooled
+
+
+def shows(grid: torch.Tensor, block: torch.Tensor) -> bool:
+    """Whether ``block`` appears as a contiguous part of ``grid``."""
+    (h, w), (bh, bw) = grid.shape, block.shape
+    return any(
+        torch.equal(grid[i : i + bh, j : j + bw], block)
+        for i in range(h - bh + 1)
+        for j in range(w - bw + 1)
+    )
+
+
+def answers_shown_in_figures(theory: str, figure_script: str) -> list[list[list[float]]]:
+    grids = figure_matrices(figure_script)
+    shown = []
+    for block in re.split(r'^\?\?\? note "解答"\n', theory, flags=re.M)[1:]:
+        for expr in CHECK.findall(block):
+            tree = ast.parse(expr, mode="eval").body
+            if isinstance(tree, ast.Compare) and isinstance(tree.comparators[0], ast.List):
+                answer = torch.tensor(ast.literal_eval(tree.comparators[0]), dtype=torch.float64)
+                if answer.dim() == 2 and any(shows(g, answer) for g in grids):
+                    shown.append(answer.tolist())
+    return shown
+
+
+def test_no_figure_gives_an_exercise_answer_away() -> None:
+    script = (ROOT / "scripts" / "make_figures.py").read_text(encoding="utf-8")
+    assert len(literal_matrices(script)) >= 3  # the figures' number grids were found
+    assert answers_shown_in_figures(THEORY, script) == []
+    # the check itself: an answer that a figure's grid contains is caught
+    corner = literal_matrices(script)[0][:2, :2].tolist()
+    leaky = f'??? note "解答"\n    <!-- check: x.tolist() == {corner} -->\n'
+    assert answers_shown_in_figures(leaky, script) == [corner]
+
+
 @pytest.mark.parametrize(
     "text_and_expr",
     [(text, expr) for text, checks in answer_blocks() for expr in checks],
@@ -663,3 +723,27 @@ def test_pages_request_nothing_from_elsewhere(browser) -> None:  # type: ignore[
     # the log saw the page's own requests: scripts, styles, images, MathJax's fonts
     assert any(u.endswith("tex-chtml.js") for u in requested), requested
     assert any("/img/" in u for u in requested), requested
+
+
+@pytest.mark.slow
+def test_theory_page_in_the_browser_figures_and_text(browser) -> None:  # type: ignore[no-untyped-def]
+    browser.get(browser.base_url + "/theory/")
+    wait_for(lambda: browser.execute_script("return document.readyState") == "complete")
+    images = browser.execute_script(
+        "return [...document.querySelectorAll('article img')]"
+        ".map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0])"
+    )
+    assert len(images) >= 13 and all(loaded for _, loaded in images), images
+    captions = browser.execute_script(
+        "return [...document.querySelectorAll('article figcaption')].map(c => c.innerText)"
+    )
+    assert [c.split("\u3000")[0] for c in captions] == [
+        f"図 {n}" for n in range(1, len(images) + 1)
+    ]
+    # what the reader sees (innerText, as laid out): no space between two Japanese characters
+    text = browser.execute_script("return document.querySelector('article').innerText")
+    spaced = [
+        text[max(m.start() - 10, 0) : m.end() + 10] for m in re.finditer(f"[{CJK}] +[{CJK}]", text)
+    ]
+    assert not spaced, spaced
+    assert browser.execute_script("return document.documentElement.lang") == "ja"
