@@ -4,6 +4,7 @@ costs no second copy of the data."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from convkit import build_cnn, evaluate, fit, predict
 from convkit._data import Batching, LoaderBatches, TensorBatches, make_batches
 from convkit._runtime import Runtime
 
@@ -101,3 +103,168 @@ def test_peak_memory_above_the_data_stays_under_a_tenth(call: str) -> None:
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True, timeout=300)
     row = json.loads(out.stdout.strip().splitlines()[-1])
     assert row["share"] < 0.10, row
+
+
+# ------------------------------------------------------- inputs users actually have
+
+CPU = {"device": "cpu", "progress": False, "seed": 0, "epochs": 2, "batch_size": 64}
+
+
+def _tiny(channels: int = 1, size: int = 28) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_cnn((channels, size, size), 10, channels=(4,), hidden=())
+
+
+@pytest.fixture
+def reference(small_data) -> tuple[list[float], torch.Tensor]:
+    inputs, targets = small_data
+    model = _tiny()
+    history = fit(model, (inputs, targets), **CPU)
+    return history["loss"], predict(model, inputs[:50], device="cpu")
+
+
+def test_numpy_arrays_train_like_tensors(small_data, reference) -> None:
+    inputs, targets = small_data
+    model = _tiny()
+    history = fit(model, (inputs.numpy(), targets.numpy()), **CPU)
+    assert history["loss"] == reference[0]
+    assert torch.equal(predict(model, inputs[:50].numpy(), device="cpu"), reference[1])
+
+
+def test_float64_inputs_are_cast_to_the_models_dtype_said_once(
+    small_data, reference, caplog: pytest.LogCaptureFixture
+) -> None:
+    inputs, targets = small_data
+    model = _tiny()
+    with caplog.at_level(logging.INFO, logger="convkit._data"):
+        history = fit(model, (inputs.double().numpy(), targets.numpy()), **CPU)
+    assert history["loss"] == reference[0]  # float32 -> float64 -> float32 is exact
+    said = [r for r in caplog.records if "inputs torch.float64 -> torch.float32" in r.message]
+    assert len(said) == 1 and said[0].levelname == "WARNING"
+    assert said[0].message.startswith("train_data: converting each batch")
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8, torch.int8])
+def test_integer_labels_of_any_width(small_data, reference, dtype: torch.dtype) -> None:
+    inputs, targets = small_data
+    assert fit(_tiny(), (inputs, targets.to(dtype)), **CPU)["loss"] == reference[0]
+
+
+def test_integer_labels_from_a_dataset(small_data, reference) -> None:
+    inputs, targets = small_data
+
+    class Plain(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return len(inputs)
+
+        def __getitem__(self, i: int):  # type: ignore[no-untyped-def]
+            return inputs[i], targets[i].to(torch.int32)
+
+    model = _tiny()
+    history = fit(model, Plain(), val_data=Plain(), **CPU)
+    assert history["loss"] == pytest.approx(reference[0], rel=1e-5)  # same order and batches
+
+
+def test_uint8_images_are_scaled_to_unit_range(small_data, reference) -> None:
+    inputs, targets = small_data
+    images = (inputs * 255).round().to(torch.uint8)  # the sample is exactly uint8 / 255
+    model = _tiny()
+    history = fit(model, (images, targets), **CPU)
+    assert history["loss"] == reference[0]
+    assert torch.equal(predict(model, images[:50], device="cpu"), reference[1])
+
+
+def test_hwc_images_get_a_message_to_permute_the_data() -> None:
+    model = _tiny(channels=3, size=32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    images, labels = torch.rand(20, 32, 32, 3), torch.randint(0, 10, (20,))
+    with pytest.raises(
+        ValueError,
+        match=r"`train_data`: inputs of shape \(20, 32, 32, 3\) look like channels-last images "
+        r"\(N, H, W, C\); the model takes \(N, 3, 32, 32\)\. Permute the data, not the model: "
+        r"inputs\.permute\(0, 3, 1, 2\)",
+    ):
+        fit(model, (images, labels), **CPU)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    fit(model, (images.permute(0, 3, 1, 2), labels), **CPU)  # the fix works
+
+
+def test_ignored_labels_pass_the_range_check(small_data) -> None:
+    inputs, targets = small_data
+    targets = targets.clone()
+    targets[::7] = -100  # cross-entropy's default ignore_index
+    model = _tiny()
+    fit(model, (inputs, targets), **CPU)
+    logits = predict(model, inputs, device="cpu")
+    expected = torch.nn.functional.cross_entropy(logits, targets)  # ignores -100 itself
+    scores = evaluate(model, (inputs, targets), device="cpu", metrics=(), batch_size=300)
+    assert scores["loss"] == pytest.approx(expected.item(), rel=1e-5)
+    targets[::7] = 255  # a segmentation-style void label, ignored by the given loss
+    fit(_tiny(), (inputs, targets), loss=torch.nn.CrossEntropyLoss(ignore_index=255), **CPU)
+    with pytest.raises(ValueError, match=r"target 255 is outside \[0, 10\)"):
+        fit(_tiny(), (inputs, targets), **CPU)  # the default loss doesn't ignore 255
+
+
+@pytest.mark.parametrize(
+    ("data", "kinds"),
+    [
+        (lambda x, y: (x, y, y), r"a tuple of \(Tensor, Tensor, Tensor\)"),
+        (lambda x, y: [x], r"a list of \(Tensor\)"),
+        (lambda x, y: (x, y.tolist()), r"a tuple of \(Tensor, list\)"),
+        (lambda x, y: {"x": x, "y": y}, r"a dict with keys \['x', 'y'\]"),
+    ],
+)  # fmt: skip
+def test_containers_that_are_not_pairs_are_refused(small_data, data, kinds: str) -> None:
+    with pytest.raises(TypeError, match=rf"argument `train_data`: {kinds}.*\(inputs, targets\)"):
+        fit(_tiny(), data(*small_data), **CPU)
+
+
+def test_predict_does_not_read_a_list_of_inputs_as_targets(small_data) -> None:
+    inputs, targets = small_data
+    model = _tiny()
+    with pytest.raises(TypeError, match=r"`data`: a list of \(Tensor, Tensor\).*torch\.cat"):
+        predict(model, [inputs[:10], inputs[10:20]], device="cpu")
+    both = predict(model, torch.cat([inputs[:10], inputs[10:20]]), device="cpu")
+    assert both.shape == (20, 10)
+    assert torch.equal(predict(model, (inputs[:10], targets[:10]), device="cpu"), both[:10])
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    """An iterable dataset without a length, as streaming data comes."""
+
+    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+        self.inputs, self.targets = inputs, targets
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(zip(self.inputs, self.targets, strict=True))
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_iterable_datasets_and_loaders_over_them_work(small_data, progress: bool) -> None:
+    inputs, targets = small_data
+    stream = _Stream(inputs, targets)
+    model = _tiny()
+    history = fit(model, stream, val_data=DataLoader(stream, batch_size=100),
+                  **{**CPU, "progress": progress})  # fmt: skip
+    assert len(history) == 2
+    reference = evaluate(model, (inputs, targets), device="cpu")
+    assert history["val_loss"][-1] == pytest.approx(reference["loss"], rel=1e-5)
+    assert predict(model, stream, device="cpu").shape == (300, 10)
+
+
+def test_val_data_is_checked_before_any_work(small_data) -> None:
+    inputs, targets = small_data
+    bad = TensorDataset(inputs[:50], torch.full((50,), 12))
+
+    class Plain(torch.utils.data.Dataset):  # goes through a DataLoader
+        def __len__(self) -> int:
+            return 50
+
+        def __getitem__(self, i: int):  # type: ignore[no-untyped-def]
+            return bad[i]
+
+    model = _tiny()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"`val_data`: target 12 is outside \[0, 10\)"):
+        fit(model, (inputs, targets), val_data=Plain(), **CPU)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

@@ -11,10 +11,12 @@ so both paths give the same batches for the same seed. Anything else goes throug
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Sized
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import (
     DataLoader,
@@ -23,6 +25,8 @@ from torch.utils.data import (
     IterableDataset,
     TensorDataset,
 )
+
+logger = logging.getLogger(__name__)
 
 #: Tensor data is moved to an accelerator once, up front, when it takes at most this
 #: fraction of the device's free memory; larger data stays on the host and each batch
@@ -55,6 +59,8 @@ class Batching:
         shard: ``(rank, world_size)`` in a distributed run.
         seed: The distributed sampler's seed.
         drop_last: Drop the last batch when it is smaller than ``batch_size``.
+        dtype: The model's floating-point dtype: batches are converted to it (see
+            [`convert`][convkit._data.convert]); ``None`` leaves them as they are.
     """
 
     name: str
@@ -69,12 +75,53 @@ class Batching:
     shard: Shard | None = None
     seed: int = 0
     drop_last: bool = False
+    dtype: torch.dtype | None = None
 
 
 @dataclass
 class Batch:
     inputs: torch.Tensor
     targets: torch.Tensor | None
+
+
+def convert(
+    inputs: torch.Tensor, targets: torch.Tensor | None, dtype: torch.dtype | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A batch in the dtypes the model and the losses take.
+
+    ``uint8`` inputs (images as stored) become ``dtype`` in ``[0, 1]`` (divided by 255,
+    as ``transforms.ToTensor()`` does); other floating-point inputs and targets are cast
+    to ``dtype`` (e.g. NumPy's float64 to the model's float32). Integer targets of any
+    width become int64, the class-index dtype of PyTorch's losses; bool targets stay.
+    """
+    if dtype is not None:
+        if inputs.dtype == torch.uint8:
+            inputs = inputs.to(dtype).div_(255)
+        elif inputs.is_floating_point() and inputs.dtype != dtype:
+            inputs = inputs.to(dtype)
+        if targets is not None and targets.is_floating_point() and targets.dtype != dtype:
+            targets = targets.to(dtype)
+    integer = targets is not None and not targets.is_floating_point()
+    if integer and targets is not None and targets.dtype not in (torch.int64, torch.bool):
+        targets = targets.long()
+    return inputs, targets
+
+
+def _say_conversions(
+    name: str, inputs: torch.Tensor, targets: torch.Tensor | None, dtype: torch.dtype | None
+) -> None:
+    """Log, once per data argument, what ``convert`` will do to its batches."""
+    after, after_targets = convert(inputs[:1], targets[:1] if targets is not None else None, dtype)
+    changes = [f"inputs {inputs.dtype} -> {after.dtype}"] if after.dtype != inputs.dtype else []
+    if inputs.dtype == torch.uint8 and dtype is not None:
+        changes[-1] += " (divided by 255)"
+    if targets is not None and after_targets is not None and after_targets.dtype != targets.dtype:
+        changes.append(f"targets {targets.dtype} -> {after_targets.dtype}")
+    if not changes:
+        return
+    narrowing = inputs.is_floating_point() and inputs.dtype.itemsize > after.dtype.itemsize
+    level = logging.WARNING if narrowing else logging.INFO
+    logger.log(level, "%s: converting each batch: %s", name, ", ".join(changes))
 
 
 def _draw_base_seed(generator: torch.Generator) -> None:
@@ -114,7 +161,8 @@ class TensorBatches:
         elif device.type == "cuda":
             inputs = inputs.pin_memory()
             targets = targets.pin_memory() if targets is not None else None
-        self.inputs, self.targets = inputs, targets
+        self.inputs, self.targets, self.dtype = inputs, targets, spec.dtype
+        _say_conversions(spec.name, inputs, targets, spec.dtype)
         self.batch_size, self.shuffle = spec.batch_size, spec.shuffle
         self.generator, self.device = spec.generator, device
 
@@ -149,6 +197,19 @@ class TensorBatches:
     def _move(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor if self.on_device else tensor.to(self.device, non_blocking=True)
 
+    def _batch(self, index: slice | torch.Tensor) -> Batch:
+        targets = self.targets[index] if self.targets is not None else None
+        inputs, targets = convert(
+            self._move(self.inputs[index]),
+            self._move(targets) if targets is not None else None,
+            self.dtype,
+        )
+        return Batch(inputs, targets)
+
+    def head(self) -> Batch:
+        """The first ``batch_size`` samples in stored order, as the loop would get them."""
+        return self._batch(slice(0, self.batch_size))
+
     def __iter__(self) -> Iterator[Batch]:
         n, size = self.num_samples, self.batch_size
         order: torch.Tensor | None = None  # None: in order, by cheap views
@@ -160,11 +221,7 @@ class TensorBatches:
         end = n - n % size if self.drop_last else n
         for start in range(0, end, size):
             index = slice(start, start + size) if order is None else order[start : start + size]
-            targets = self.targets[index] if self.targets is not None else None
-            yield Batch(
-                self._move(self.inputs[index]),
-                self._move(targets) if targets is not None else None,
-            )
+            yield self._batch(index)
         if self.shard is None and self.shuffle:
             # RandomSampler calls randperm once more when its iterator runs out (for a
             # remainder of num_samples % n == 0 samples); mirror that draw as well.
@@ -176,6 +233,7 @@ class LoaderBatches:
 
     def __init__(self, loader: DataLoader[Any], spec: Batching) -> None:
         self.loader, self.name, self.device, self.check = loader, spec.name, spec.device, spec.check
+        self.dtype, self._said = spec.dtype, False
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -191,10 +249,15 @@ class LoaderBatches:
             inputs, targets = split_batch(batch, name=self.name, index=index)
             if self.check is not None:
                 self.check(inputs, targets)
-            yield Batch(
+            if not self._said:
+                self._said = True
+                _say_conversions(self.name, inputs, targets, self.dtype)
+            inputs, targets = convert(
                 inputs.to(self.device, non_blocking=non_blocking),
                 targets.to(self.device, non_blocking=non_blocking) if targets is not None else None,
+                self.dtype,
             )
+            yield Batch(inputs, targets)
 
 
 def _shard_loader(
@@ -245,25 +308,60 @@ def split_batch(batch: Any, *, name: str, index: int) -> tuple[torch.Tensor, tor
     )
 
 
-def _tensor_pair(data: Any) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-    """The tensors of in-memory data, or ``None`` if ``data`` isn't in memory."""
-    if isinstance(data, torch.Tensor):
-        return data, None
-    if isinstance(data, TensorDataset):
+def _as_tensor(value: Any) -> torch.Tensor:
+    """A tensor as is; a NumPy array as a tensor sharing its memory (copied if read-only)."""
+    if isinstance(value, torch.Tensor):
+        return value
+    array = value if value.flags.writeable else value.copy()
+    return torch.from_numpy(array)
+
+
+def _kinds(items: Any) -> str:
+    return f"({', '.join(type(item).__name__ for item in items)})"
+
+
+def _in_memory(data: Any, spec: Batching) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """The tensors of in-memory data, or ``None`` if ``data`` isn't in memory.
+
+    Takes a tensor or NumPy array of inputs, a ``TensorDataset`` of one or two tensors,
+    or an ``(inputs, targets)`` tuple/list of two tensors or arrays. Refuses a tuple,
+    list or dict of tensors that isn't such a pair: read as a dataset, ``(x, y, w)``
+    would be three samples and ``{"x": x, "y": y}`` a lookup by sample index.
+    """
+    arrays = (torch.Tensor, np.ndarray)
+    if isinstance(data, arrays):
+        return _as_tensor(data), None
+    if isinstance(data, TensorDataset) and len(data.tensors) in (1, 2):
         tensors = data.tensors
-    elif isinstance(data, (tuple, list)) and all(isinstance(t, torch.Tensor) for t in data):
-        tensors = tuple(data)
-    else:
-        return None
-    if len(tensors) not in (1, 2):
-        return None
-    return tensors[0], (tensors[1] if len(tensors) == 2 else None)
+        return tensors[0], (tensors[1] if len(tensors) == 2 else None)
+    name = spec.name
+    if isinstance(data, dict):
+        raise TypeError(
+            f"Invalid type for argument `{name}`: a dict with keys {list(data)[:5]}. Expected an "
+            f"(inputs, targets) pair of tensors, e.g. {name}=(d['x'], d['y']), a Dataset or a "
+            "DataLoader."
+        )
+    if not isinstance(data, (tuple, list)) or not any(isinstance(t, arrays) for t in data):
+        return None  # e.g. a list of (input, target) samples: a dataset
+    if len(data) != 2 or not all(isinstance(t, arrays) for t in data):
+        raise TypeError(
+            f"Invalid type for argument `{name}`: a {type(data).__name__} of "
+            f"{_kinds(data)}. Expected an (inputs, targets) pair of two tensors or NumPy "
+            "arrays, a Dataset or a DataLoader."
+        )
+    if isinstance(data, list) and not spec.need_targets:
+        raise TypeError(
+            f"Invalid type for argument `{name}`: a list of {_kinds(data)}, which could be two "
+            "batches of inputs or inputs and targets. Pass the inputs as one tensor "
+            "(torch.cat of the list), or an (inputs, targets) tuple."
+        )
+    return _as_tensor(data[0]), _as_tensor(data[1])
 
 
 def make_batches(data: Any, spec: Batching) -> TensorBatches | LoaderBatches:
     """Pick the batching path for ``data`` and check it isn't empty or malformed."""
     name, shard, shuffle, seed = spec.name, spec.shard, spec.shuffle, spec.seed
-    pair = _tensor_pair(data)
+    pair = _in_memory(data, spec)
     if pair is not None:
         inputs, targets = pair
         if spec.need_targets and targets is None:

@@ -18,21 +18,34 @@ class DataCheck:
     never forces a device sync.
     """
 
-    def __init__(self, model: nn.Module, name: str) -> None:
+    def __init__(self, model: nn.Module, name: str, *, loss: object = None) -> None:
         self.model, self.name = model, name
+        # Targets equal to the loss's ignore_index (-100 for cross-entropy, the default
+        # loss of class-index targets) are no class and skip the range check.
+        self.ignore_index: int | None = getattr(
+            loss, "ignore_index", -100 if loss is None else None
+        )
         self.input_shape = model_input_shape(model)
         self.num_classes = model_num_classes(model)
         self._probed = self.num_classes is not None
 
     def __call__(self, inputs: torch.Tensor, targets: torch.Tensor | None) -> None:
-        if not inputs.is_floating_point():
+        if not (inputs.is_floating_point() or inputs.dtype == torch.uint8):
             raise TypeError(
                 f"Invalid data in `{self.name}`: inputs have dtype {inputs.dtype}; the model "
-                "needs floating-point inputs. Convert them, e.g. images.float() / 255."
+                "needs floating-point inputs (uint8 images are scaled to [0, 1] by themselves). "
+                "Convert them, e.g. inputs.float()."
             )
-        if self.input_shape is not None and not takes_sample_shape(
-            self.model, tuple(inputs.shape[1:])
-        ):
+        sample = tuple(inputs.shape[1:])
+        if self.input_shape is not None and not takes_sample_shape(self.model, sample):
+            channels, *size = self.input_shape
+            if len(sample) == len(self.input_shape) == 3 and sample == (*size, channels):
+                raise ValueError(
+                    f"Invalid data in `{self.name}`: inputs of shape {tuple(inputs.shape)} look "
+                    f"like channels-last images (N, H, W, C); the model takes (N, "
+                    f"{', '.join(map(str, self.input_shape))}). Permute the data, not the model: "
+                    "inputs.permute(0, 3, 1, 2) (NumPy: x.transpose(0, 3, 1, 2))."
+                )
             raise ValueError(
                 f"Invalid data in `{self.name}`: inputs of shape {tuple(inputs.shape)} don't match "
                 f"the model's input_shape {self.input_shape}; expected (N, "
@@ -50,6 +63,10 @@ class DataCheck:
         if self.num_classes is None or self.num_classes < 2 or targets.numel() == 0:
             # one output unit: not class scores; the task inference explains the fix
             return
+        if self.ignore_index is not None:
+            targets = targets[targets != self.ignore_index]
+            if targets.numel() == 0:
+                return
         low, high = (int(v) for v in torch.aminmax(targets))
         if low < 0 or high >= self.num_classes:
             bad = low if low < 0 else high

@@ -83,14 +83,10 @@ def first_batch(
     In-memory data gives its first ``batch_size`` samples in stored order.
     """
     if isinstance(batches, TensorBatches):
-        size = min(batches.batch_size, int(batches.inputs.shape[0]))
-        if size == 0:
+        if int(batches.inputs.shape[0]) == 0:
             return None
-        targets = batches.targets[:size] if batches.targets is not None else None
-        return (
-            batches.inputs[:size].to(batches.device),
-            targets.to(batches.device) if targets is not None else None,
-        )
+        head = batches.head()
+        return head.inputs, head.targets
     with _rng_untouched(batches):
         batch = next(iter(batches), None)
     return None if batch is None else (batch.inputs, batch.targets)

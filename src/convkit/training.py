@@ -42,7 +42,7 @@ from ._optim import (
 from ._probe import eval_mode
 from ._restore import rng_state, set_rng_state
 from ._runtime import Runtime
-from ._task_setup import TaskSetup, loss_name, setup_task
+from ._task_setup import TaskSetup, first_batch, loss_name, setup_task
 from ._tasks import OUTPUTS, TaskSpec, check_task, transform_outputs
 from ._typing import DeviceLike, MetricFn, model_input_shape
 from ._validation import (
@@ -106,8 +106,11 @@ def _shuffle_seed(seed: int | None, ctx: _distributed.DistContext | None, dev: t
     return seed
 
 
-def _batches(model: nn.Module, data: Any, spec: Batching) -> Batches:
-    return make_batches(data, Batching(**{**spec.__dict__, "check": DataCheck(model, spec.name)}))
+def _batches(model: nn.Module, data: Any, spec: Batching, loss: Any = None) -> Batches:
+    """``data`` batched by ``spec``, checked against the model and converted to its dtype."""
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    check = DataCheck(model, spec.name, loss=loss)
+    return make_batches(data, dataclasses.replace(spec, check=check, dtype=dtype))
 
 
 def _resume(path: Any, run: Run, generator: torch.Generator) -> int:
@@ -138,6 +141,7 @@ def _prepare_data(
     batch_size: int,
     drop_last: bool | None,
     data_on_device: bool | None,
+    loss: Any = None,
 ) -> tuple[torch.Generator, Batches, Batches | None]:
     """The shuffling generator and the training and validation batches, checked."""
     dev = runtime.device
@@ -156,7 +160,7 @@ def _prepare_data(
         train_spec, name="val_data", shuffle=False, generator=torch.Generator().manual_seed(0),
         seed=0, drop_last=False,
     )  # fmt: skip
-    train = _batches(model, train_data, train_spec)
+    train = _batches(model, train_data, train_spec, loss)
     if (
         drop_last is False
         and isinstance(train, TensorBatches)
@@ -169,7 +173,9 @@ def _prepare_data(
             "the model's BatchNorm layers can't train on one sample. Use drop_last=None "
             "(skips just that batch), drop_last=True, or another batch_size."
         )
-    val = _batches(model, val_data, val_spec) if val_data is not None else None
+    val = _batches(model, val_data, val_spec, loss) if val_data is not None else None
+    if isinstance(val, LoaderBatches):
+        first_batch(val)  # checked now, not after the first epoch (drawing no randomness)
     return generator, train, val
 
 
@@ -288,11 +294,13 @@ def fit(
 
     Args:
         model: The network. It is moved to ``device`` and stays there.
-        train_data: A ``DataLoader`` (used as is), a map-style ``Dataset`` (batched with
-            ``batch_size`` and shuffled), or an ``(inputs, targets)`` pair of tensors.
-            In-memory tensors (a pair or a ``TensorDataset``) are batched by slicing, on
-            the device when they fit, in the same order a shuffling ``DataLoader``
-            seeded the same way would give.
+        train_data: A ``DataLoader`` (used as is), a ``Dataset`` (batched with
+            ``batch_size``; shuffled unless iterable), or an ``(inputs, targets)`` pair
+            of tensors or NumPy arrays. In-memory tensors (a pair or a
+            ``TensorDataset``) are batched by slicing, on the device when they fit, in
+            the same order a shuffling ``DataLoader`` seeded the same way would give.
+            Batches are converted for the model: ``uint8`` inputs scaled to ``[0, 1]``,
+            floating-point data cast to the model's dtype, integer labels to int64.
         epochs: Number of passes over ``train_data``.
         val_data: Optional data in the same forms, evaluated after every epoch
             (in eval mode, without gradients); adds ``val_loss`` and ``val_<metric>``.
@@ -461,7 +469,7 @@ def fit(
         generator, train_batches, val = _prepare_data(
             model, train_data, val_data, runtime, ctx, seed=seed, resuming=resume_from is not None,
             batch_size=batch_size,
-            drop_last=drop_last, data_on_device=data_on_device,
+            drop_last=drop_last, data_on_device=data_on_device, loss=loss_fn,
         )  # fmt: skip
         runtime.place(model)
         setup = setup_task(model, train_batches, runtime, task=task, loss=loss_fn,
@@ -512,6 +520,7 @@ def _inference_setup(
     data_on_device: bool | None,
     *,
     targets: bool,
+    loss: Any = None,
 ) -> tuple[Runtime, Batches]:
     """The checks and set-up ``evaluate`` and ``predict`` share, in that order."""
     check_module("model", model)
@@ -529,7 +538,7 @@ def _inference_setup(
         data_on_device,
         runtime.memory_format,
     )
-    batches = _batches(model, data, spec)
+    batches = _batches(model, data, spec, loss)
     runtime.place(model, memory_format=False)  # the device only: the model keeps its layout
     return runtime, batches
 
@@ -665,7 +674,15 @@ def evaluate(
     loss_fn = resolve_loss(loss)
     parse_metrics(metrics)
     runtime, batches = _inference_setup(
-        model, data, device, batch_size, precision, memory_format, data_on_device, targets=True
+        model,
+        data,
+        device,
+        batch_size,
+        precision,
+        memory_format,
+        data_on_device,
+        targets=True,
+        loss=loss_fn,
     )
     setup = _evaluation_setup(model, batches, runtime, history, task, loss_fn, metrics)
     with eval_mode(model), torch.inference_mode():
