@@ -419,3 +419,15 @@ class _Poison(Callback):
 
     def on_epoch_begin(self, state: TrainState) -> None:
         self.data.poisoned = state.epoch >= 2
+
+
+def test_ctrl_c_in_the_first_epoch_names_missing_metrics_nan(small_data, tmp_path: Path) -> None:
+    saver = ModelCheckpoint(tmp_path / "m-{epoch:02d}-{val_loss:.2f}.pt")
+    history = fit(tiny_cnn(), small_data, epochs=3, batch_size=100, val_data=small_data,
+                  progress=False, device="cpu", callbacks=[saver, CtrlC(epoch=1)])  # fmt: skip
+    assert history.interrupted and len(history) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["m-00-nan.interrupted.pt"]
+    assert (
+        saver.last_path is None and saver.interrupted_path == tmp_path / "m-00-nan.interrupted.pt"
+    )
+    assert load_checkpoint(saver.interrupted_path)["clean_checkpoint"] is None
