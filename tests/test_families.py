@@ -138,6 +138,12 @@ def test_plain_family_takes_a_stem_and_init() -> None:
     model = build_cnn((1, 28, 28), 10, stem=(8, 5, 2), channels=(16,), init="kaiming")
     assert [n for n, _ in model.features.named_children()] == ["stem", "block1"]
     assert model.feature_shape == (16, 7, 7)
+    conv = model.features.block1.conv  # kaiming_normal_(fan_out): std sqrt(2 / (16 * 9))
+    assert conv.weight.std().item() == pytest.approx((2 / (16 * 9)) ** 0.5, rel=0.15)
+    torch.manual_seed(0)
+    default = build_cnn((1, 28, 28), 10, stem=(8, 5, 2), channels=(16,))
+    torch_std = (3 * 8 * 9) ** -0.5  # torch's default: kaiming_uniform_(a=sqrt(5)), fan_in
+    assert default.features.block1.conv.weight.std().item() == pytest.approx(torch_std, rel=0.15)
 
 
 def test_zero_last_makes_every_stage_start_as_its_shortcuts() -> None:
