@@ -299,3 +299,11 @@ def test_stride_per_dimension_must_match_dims() -> None:
 def test_1d_block_rejects_images_naming_the_shape() -> None:
     with pytest.raises(ValueError, match=r"\(N, 4, L\).*\(2, 4, 5, 5\)"):
         ResidualBlock(4, 4, dims=1)(torch.zeros(2, 4, 5, 5))
+
+
+@pytest.mark.parametrize("preact", [False, True])
+def test_exports_with_torch_export(preact: bool) -> None:
+    block = ResidualBlock(4, 8, stride=2, preact=preact, se_reduction=2, drop_path=0.1).eval()
+    x = torch.randn(2, 4, 7, 7)
+    exported = torch.export.export(block, (x,))
+    torch.testing.assert_close(exported.module()(x), block(x), rtol=0, atol=0)
