@@ -107,7 +107,7 @@ def test_peak_memory_above_the_data_stays_under_a_tenth(call: str) -> None:
 
 # ------------------------------------------------------- inputs users actually have
 
-CPU = {"device": "cpu", "progress": False, "seed": 0, "epochs": 2, "batch_size": 64}
+CPU = {"device": "cpu", "progress": False, "seed": 0, "epochs": 2, "batch_size": 100}
 
 
 def _tiny(channels: int = 1, size: int = 28) -> torch.nn.Module:
@@ -268,3 +268,74 @@ def test_val_data_is_checked_before_any_work(small_data) -> None:
     with pytest.raises(ValueError, match=r"`val_data`: target 12 is outside \[0, 10\)"):
         fit(model, (inputs, targets), val_data=Plain(), **CPU)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+# -------------------------------------------------- validation_split and num_workers
+
+
+def test_validation_split_is_a_seeded_split_without_copies(small_data) -> None:
+    inputs, targets = small_data
+    order = torch.randperm(300, generator=torch.Generator().manual_seed(0))
+    val_rows, train_rows = order[:75].sort().values, order[75:].sort().values
+    model = _tiny()
+    history = fit(model, (inputs, targets), validation_split=0.25, **CPU)
+    reference = _tiny()
+    expected = fit(reference, (inputs[train_rows], targets[train_rows]),
+                   val_data=(inputs[val_rows], targets[val_rows]), **CPU)  # fmt: skip
+    assert history.history == expected.history  # same rows, same batches, same numbers
+    for a, b in zip(model.state_dict().values(), reference.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"validation_split": 1.0}, ValueError, r"fraction in \(0, 1\).*validation_split=1\.0"),
+        ({"validation_split": 0.0}, ValueError, r"`validation_split`.*strictly positive"),
+        ({"validation_split": float("nan")}, ValueError, r"`validation_split`"),
+        ({"validation_split": "0.1"}, TypeError, r"`validation_split`"),
+        ({"validation_split": 0.001}, ValueError, r"0\.001 of 300 samples leaves 0 for validation"),
+        ({"validation_split": 0.1, "val_data": "x"}, ValueError, r"either val_data or"),
+        ({"num_workers": -1}, ValueError, r"`num_workers`.*non-negative"),
+        ({"num_workers": 1.5}, TypeError, r"`num_workers`"),
+    ],
+)  # fmt: skip
+def test_split_and_worker_arguments_are_checked_before_any_work(
+    small_data,
+    kwargs: dict,
+    error: type[Exception],
+    match: str,  # type: ignore[type-arg]
+) -> None:
+    model = _tiny()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(error, match=match):
+        fit(model, small_data, **{**CPU, **kwargs})
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_validation_split_needs_in_memory_data(small_data) -> None:
+    with pytest.raises(ValueError, match=r"`validation_split`.*`train_data` is a _Stream"):
+        fit(_tiny(), _Stream(*small_data), validation_split=0.1, **CPU)
+
+
+def test_num_workers_loads_a_dataset_in_worker_processes(small_data, tmp_path: Path) -> None:
+    inputs, targets = small_data
+    log = tmp_path / "pids"
+
+    class Plain(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return len(inputs)
+
+        def __getitem__(self, i: int):  # type: ignore[no-untyped-def]
+            with open(log, "a") as f:  # which process loaded this sample
+                f.write(f"{os.getpid()}\n")
+            return inputs[i], targets[i]
+
+    main = fit(_tiny(), Plain(), **CPU)
+    assert set(log.read_text().split()) == {str(os.getpid())}
+    log.unlink()
+    workers = fit(_tiny(), Plain(), num_workers=1, **CPU)
+    assert str(os.getpid()) not in set(log.read_text().split())  # loaded by workers only
+    assert workers.history == main.history  # the same batches as without workers
+    with pytest.raises(ValueError, match=r"`num_workers`: `train_data` is a DataLoader"):
+        fit(_tiny(), DataLoader(Plain(), batch_size=64), num_workers=2, **CPU)

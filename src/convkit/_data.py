@@ -61,6 +61,9 @@ class Batching:
         drop_last: Drop the last batch when it is smaller than ``batch_size``.
         dtype: The model's floating-point dtype: batches are converted to it (see
             [`convert`][convkit._data.convert]); ``None`` leaves them as they are.
+        num_workers: Worker processes of the ``DataLoader`` built for a ``Dataset``.
+        rows: For in-memory data: use only these rows (``validation_split``), without
+            copying them out of the tensors.
     """
 
     name: str
@@ -76,6 +79,8 @@ class Batching:
     seed: int = 0
     drop_last: bool = False
     dtype: torch.dtype | None = None
+    num_workers: int = 0
+    rows: torch.Tensor | None = None
 
 
 @dataclass
@@ -162,13 +167,17 @@ class TensorBatches:
             inputs = inputs.pin_memory()
             targets = targets.pin_memory() if targets is not None else None
         self.inputs, self.targets, self.dtype = inputs, targets, spec.dtype
+        self.rows = spec.rows.to(inputs.device) if spec.rows is not None else None
         _say_conversions(spec.name, inputs, targets, spec.dtype)
         self.batch_size, self.shuffle = spec.batch_size, spec.shuffle
         self.generator, self.device = spec.generator, device
 
+    def _num_rows(self) -> int:
+        return len(self.rows) if self.rows is not None else int(self.inputs.shape[0])
+
     @property
     def num_samples(self) -> int:
-        return len(self._shard_indices()) if self.shard else int(self.inputs.shape[0])
+        return len(self._shard_indices()) if self.shard else self._num_rows()
 
     def __len__(self) -> int:
         if self.drop_last:
@@ -181,7 +190,7 @@ class TensorBatches:
 
     def _shard_indices(self) -> torch.Tensor:
         rank, world = self.shard or (0, 1)
-        n = int(self.inputs.shape[0])
+        n = self._num_rows()
         if not self.shuffle:
             # evaluation: a strided split without padding, so that the all-reduced sums
             # count every sample exactly once
@@ -198,6 +207,8 @@ class TensorBatches:
         return tensor if self.on_device else tensor.to(self.device, non_blocking=True)
 
     def _batch(self, index: slice | torch.Tensor) -> Batch:
+        if self.rows is not None:  # positions among the rows -> rows of the tensors
+            index = self.rows[index]
         targets = self.targets[index] if self.targets is not None else None
         inputs, targets = convert(
             self._move(self.inputs[index]),
@@ -279,6 +290,7 @@ def _shard_loader(
         batch_size=loader.batch_size,
         sampler=sampler,
         num_workers=loader.num_workers,
+        persistent_workers=loader.persistent_workers,
         collate_fn=loader.collate_fn,
         pin_memory=loader.pin_memory,
         drop_last=loader.drop_last,
@@ -358,6 +370,45 @@ def _in_memory(data: Any, spec: Batching) -> tuple[torch.Tensor, torch.Tensor | 
     return _as_tensor(data[0]), _as_tensor(data[1])
 
 
+def _length(data: Any) -> int | None:
+    """The number of samples of in-memory data, or ``None`` for anything else."""
+    if isinstance(data, (torch.Tensor, np.ndarray)):
+        return int(data.shape[0]) if data.ndim else None
+    if isinstance(data, TensorDataset):
+        return len(data)
+    arrays = (torch.Tensor, np.ndarray)
+    if (
+        isinstance(data, (tuple, list))
+        and len(data) == 2
+        and all(isinstance(t, arrays) and t.ndim for t in data)
+    ):
+        return int(data[0].shape[0])
+    return None
+
+
+def split_rows(data: Any, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training and validation rows for ``validation_split``: a seeded random split.
+
+    Both are sorted, so each side reads its rows in stored order and nothing is copied.
+    """
+    n = _length(data)
+    if n is None:
+        raise ValueError(
+            "Invalid value for argument `validation_split`: it splits in-memory data (tensors, "
+            f"NumPy arrays, a TensorDataset), and `train_data` is a {type(data).__name__}. "
+            "Pass val_data instead, e.g. from torch.utils.data.random_split."
+        )
+    n_val = round(n * fraction)
+    if not 0 < n_val < n:
+        raise ValueError(
+            f"Invalid value for argument `validation_split`: {fraction} of {n} samples leaves "
+            f"{n_val} for validation and {n - n_val} for training; both need at least one. "
+            "Use a fraction such as 0.1, or more data."
+        )
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[n_val:].sort().values, order[:n_val].sort().values
+
+
 def make_batches(data: Any, spec: Batching) -> TensorBatches | LoaderBatches:
     """Pick the batching path for ``data`` and check it isn't empty or malformed."""
     name, shard, shuffle, seed = spec.name, spec.shard, spec.shuffle, spec.seed
@@ -380,7 +431,19 @@ def make_batches(data: Any, spec: Batching) -> TensorBatches | LoaderBatches:
                 f"shape {tuple(targets.shape)}. Inputs and targets need the same first dimension."
             )
         return TensorBatches(inputs, targets, spec)
+    if spec.rows is not None:
+        raise ValueError(
+            f"Invalid value for argument `validation_split`: it splits in-memory data (tensors, "
+            f"NumPy arrays, a TensorDataset), and `{name}` is a {type(data).__name__}. Pass "
+            "val_data instead, e.g. a torch.utils.data.random_split of the dataset."
+        )
     if isinstance(data, DataLoader):
+        if spec.num_workers:
+            raise ValueError(
+                f"Invalid value for argument `num_workers`: `{name}` is a DataLoader, which has "
+                f"its own (num_workers={data.num_workers}). Set it on the DataLoader, or pass "
+                "the Dataset and num_workers to fit."
+            )
         loader = data
         if shard is not None and not isinstance(loader.sampler, DistributedSampler):
             loader = _shard_loader(loader, shard, shuffle=shuffle, seed=seed)
@@ -393,6 +456,8 @@ def make_batches(data: Any, spec: Batching) -> TensorBatches | LoaderBatches:
             generator=spec.generator,
             pin_memory=spec.device.type == "cuda",
             drop_last=spec.drop_last,
+            # not persistent: every epoch then draws its order exactly as without workers
+            num_workers=spec.num_workers,
         )
         if shard is not None and not is_iterable:
             loader = _shard_loader(loader, shard, shuffle=shuffle, seed=seed)

@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import _distributed
-from ._data import Batching, LoaderBatches, Shard, TensorBatches, make_batches
+from ._data import Batching, LoaderBatches, Shard, TensorBatches, make_batches, split_rows
 from ._data_check import DataCheck
 from ._epochs import Run, train
 from ._loop import BufferGuard, Step, run_epoch
@@ -142,6 +142,8 @@ def _prepare_data(
     drop_last: bool | None,
     data_on_device: bool | None,
     loss: Any = None,
+    validation_split: float | None = None,
+    num_workers: int = 0,
 ) -> tuple[torch.Generator, Batches, Batches | None]:
     """The shuffling generator and the training and validation batches, checked."""
     dev = runtime.device
@@ -153,13 +155,18 @@ def _prepare_data(
     train_spec = Batching(
         "train_data", batch_size, shuffle=True, generator=generator, device=dev,
         need_targets=True, on_device=data_on_device, memory_format=runtime.memory_format,
-        shard=shard, seed=shuffle_seed, drop_last=drop_last is True,
+        shard=shard, seed=shuffle_seed, drop_last=drop_last is True, num_workers=num_workers,
     )  # fmt: skip
     # validation never shuffles; its own generator keeps the training RNG untouched
     val_spec = dataclasses.replace(
         train_spec, name="val_data", shuffle=False, generator=torch.Generator().manual_seed(0),
         seed=0, drop_last=False,
     )  # fmt: skip
+    if validation_split is not None:  # the same split on every call and every rank
+        train_rows, val_rows = split_rows(train_data, validation_split, seed or 0)
+        train_spec = dataclasses.replace(train_spec, rows=train_rows)
+        val_spec = dataclasses.replace(val_spec, rows=val_rows)
+        val_data = train_data
     train = _batches(model, train_data, train_spec, loss)
     if (
         drop_last is False
@@ -233,6 +240,22 @@ def _check_flags(*, drop_last: Any, data_on_device: Any, **flags: Any) -> None:
     check_optional_bool("data_on_device", data_on_device, "decide by size")
 
 
+def _check_validation_split(validation_split: Any, val_data: Any) -> None:
+    if validation_split is None:
+        return
+    check_finite_float("validation_split", validation_split, strict=True)
+    if validation_split >= 1:
+        raise ValueError(
+            "Invalid value for argument `validation_split`. Expected a fraction in (0, 1), "
+            f"e.g. 0.1. Received validation_split={validation_split!r}."
+        )
+    if val_data is not None:
+        raise ValueError(
+            "Invalid value for argument `validation_split`: val_data is given too. Pass "
+            "either val_data or validation_split, not both."
+        )
+
+
 def _wrap(
     model: nn.Module, ctx: _distributed.DistContext | None, dev: torch.device, *, compile: bool
 ) -> nn.Module:
@@ -262,8 +285,10 @@ def fit(
     *,
     epochs: int = 10,
     val_data: Any = None,
+    validation_split: float | None = None,
     batch_size: int = 128,
     drop_last: bool | None = None,
+    num_workers: int = 0,
     optimizer: OptimizerSpec = "adam",
     lr: float = 1e-3,
     weight_decay: float = 0.0,
@@ -304,6 +329,10 @@ def fit(
         epochs: Number of passes over ``train_data``.
         val_data: Optional data in the same forms, evaluated after every epoch
             (in eval mode, without gradients); adds ``val_loss`` and ``val_<metric>``.
+        validation_split: Instead of ``val_data``, hold out this fraction of in-memory
+            ``train_data`` (e.g. ``0.1``) for validation: a random split seeded by
+            ``seed`` (0 when ``seed`` is ``None``), the same on every call, with no copy
+            of the data.
         batch_size: Samples per batch, for data that isn't a ``DataLoader`` already.
         drop_last: What to do with a last training batch smaller than ``batch_size``.
             ``None`` (default) keeps it, except that a last batch of a single sample is
@@ -312,6 +341,9 @@ def fit(
             fastai does; ``False`` keeps it always (a single-sample batch with BatchNorm
             is then refused before training). A ``DataLoader`` keeps its own
             ``drop_last``. Validation never drops anything.
+        num_workers: Worker processes loading a ``Dataset``; the batches are the same
+            as with none. A ``DataLoader`` keeps its own setting (a non-zero value with
+            one is refused); in-memory tensors need none.
         optimizer: ``"adam"``, ``"adamw"``, ``"sgd"`` (momentum 0.9; a name gets
             PyTorch's ``fused=True`` implementation where the device supports it), a
             ``torch.optim.Optimizer`` subclass (built with ``lr`` and ``weight_decay``),
@@ -448,6 +480,8 @@ def fit(
                  sync_batchnorm=sync_batchnorm, drop_last=drop_last,
                  data_on_device=data_on_device)  # fmt: skip
     seed = check_seed(seed)
+    num_workers = check_positive_int("num_workers", num_workers, allow_zero=True)
+    _check_validation_split(validation_split, val_data)
     callback_list = _check_callbacks(callbacks)
     if resume_from is not None and not Path(resume_from).is_file():
         raise FileNotFoundError(
@@ -470,6 +504,7 @@ def fit(
             model, train_data, val_data, runtime, ctx, seed=seed, resuming=resume_from is not None,
             batch_size=batch_size,
             drop_last=drop_last, data_on_device=data_on_device, loss=loss_fn,
+            validation_split=validation_split, num_workers=num_workers,
         )  # fmt: skip
         runtime.place(model)
         setup = setup_task(model, train_batches, runtime, task=task, loss=loss_fn,
