@@ -9,7 +9,6 @@ strided convolutions.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -43,52 +42,12 @@ __all__ = ["ConvBlock", "Flatten"]
 
 STAGES = ("conv", "norm", "act", "pool", "dropout")
 
-# Public TorchScript predicates that torch's type stubs don't export.
-_is_scripting: Callable[[], bool] = torch.jit.is_scripting  # type: ignore[attr-defined]
-_is_tracing: Callable[[], bool] = torch.jit.is_tracing  # type: ignore[attr-defined]
-
-
-class _GradInChannelsLast(torch.autograd.Function):
-    """Identity; its backward hands the gradient back in ``channels_last``.
-
-    Flattening a ``channels_last`` tensor copies it into NCHW order, and autograd then
-    returns the gradient in NCHW order too. The layers before the flatten (BatchNorm,
-    dropout, pooling) would get a ``channels_last`` input and an NCHW gradient, and mixed
-    layouts send them to slow generic kernels: BatchNorm's backward was 3-6x slower on a
-    CPU. One small copy of the gradient here keeps the whole backward pass in one layout.
-    """
-
-    generate_vmap_rule = True  # works under torch.func transforms (grad, vmap, jvp)
-
-    @staticmethod
-    def forward(input: torch.Tensor) -> torch.Tensor:
-        return input.view_as(input)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[torch.Tensor], output: torch.Tensor) -> None:
-        pass
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        try:
-            return grad.contiguous(memory_format=torch.channels_last)
-        except RuntimeError:  # torch.func.vmap can't restride (per-sample gradients)
-            return grad
-
-    @staticmethod
-    def jvp(ctx: Any, tangent: torch.Tensor) -> torch.Tensor:
-        return tangent
-
 
 class Flatten(nn.Flatten):
     """Flatten ``(N, C, H, W)`` to ``(N, C*H*W)``: ``torch.nn.Flatten`` from dim 1.
 
     A thin subclass, so that ``from convkit import Flatten`` sits beside the other
     blocks; it computes exactly what ``nn.Flatten`` computes, outputs and gradients.
-    One difference, for speed only: flattening a ``channels_last`` ``(N, C, H, W)`` input
-    to ``(N, C*H*W)``, the gradient flows back in ``channels_last`` as well
-    (``nn.Flatten`` returns it in NCHW order, which sends the layers before it to slower
-    mixed-layout kernels in the backward pass).
 
     Args:
         start_dim: First dimension to flatten (1 keeps the batch dimension).
@@ -101,28 +60,6 @@ class Flatten(nn.Flatten):
 
     def __init__(self, start_dim: int = 1, end_dim: int = -1) -> None:
         super().__init__(start_dim=start_dim, end_dim=end_dim)
-
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if not _is_scripting():  # TorchScript can't hold an autograd.Function
-            input = self._channels_last_grad(input)
-        return input.flatten(self.start_dim, self.end_dim)
-
-    @torch.jit.unused
-    def _channels_last_grad(self, input: torch.Tensor) -> torch.Tensor:
-        traced: object = input  # a Proxy under torch.fx.symbolic_trace: nothing to inspect
-        if isinstance(traced, torch.fx.Proxy):
-            return input
-        if (
-            input.requires_grad
-            and not _is_tracing()  # nor in a torch.jit.trace graph
-            and input.dim() == 4
-            and (self.start_dim % 4, self.end_dim % 4) == (1, 3)  # (N, C*H*W): always a copy
-            and not torch.compiler.is_compiling()  # compile chooses the backward's layouts
-            and not input.is_contiguous()
-            and input.is_contiguous(memory_format=torch.channels_last)
-        ):
-            return _GradInChannelsLast.apply(input)  # type: ignore[no-any-return]
-        return input
 
 
 #: How each number of spatial dimensions names its sizes in messages.
