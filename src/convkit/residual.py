@@ -269,7 +269,7 @@ class ResidualBlock(nn.Module):
         """Spatial size of the output for an input of spatial size ``size``.
 
         ``ceil(size / stride)`` per dimension, from the branch's
-        [`ConvBlock.output_size`][convkit.ConvBlock.output_size] (the shortcut runs beside
+        [`ConvBlock.output_size`][convkit.blocks.ConvBlock.output_size] (the shortcut runs beside
         the branch and gives the same size).
 
         Examples:
