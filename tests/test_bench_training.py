@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -88,3 +89,34 @@ def test_exit_status_is_1_when_a_target_is_missed(
     monkeypatch.setattr(bench, "write_outputs", lambda *args: None)
     monkeypatch.setattr(bench, "markdown", lambda results: "")
     assert bench.main(["--out-dir", str(tmp_path), "--img-dir", "-"]) == status
+
+
+@pytest.mark.slow
+def test_quick_run_end_to_end_on_a_small_sample(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The whole script (every comparison, the tables, the exit status) on 256 training and
+    # 128 test images of the bundled sample, so that it takes seconds.
+    from torch.utils.data import TensorDataset
+
+    from convkit import mnist_sample
+
+    def small_sample(train: bool = True) -> TensorDataset:
+        x, y = mnist_sample(train=train).tensors
+        n = 256 if train else 128
+        return TensorDataset(x[:n], y[:n])
+
+    monkeypatch.setattr(bench, "mnist_sample", small_sample)
+    status = bench.main(["--quick", "--out-dir", str(tmp_path), "--img-dir", "-"])
+    results = json.loads((tmp_path / "results-cpu.json").read_text())
+    missed = [c["target"] for c in results["targets"] if not c["met"]]
+    assert status == (1 if missed else 0)
+    assert [c["target"] for c in results["targets"]] == list(bench.TARGETS)
+    assert results["eval"]["images"] == 128
+    assert results["e2e"]["rounds"] == 2 and len(results["e2e"]["round_ratios"]["fit"]) == 2
+    assert results["overhead"]["loss_abs_diff"] <= 1e-5  # fit and the hand loop agree
+    assert set(results["flatten_grad"]) == {"fp32", "bf16"}
+    assert "compile" not in results  # --quick skips torch.compile
+    table = (tmp_path / "results-cpu.md").read_text()
+    assert "| channels_last gradient at the flatten (fit epoch) |" in table
+    assert "| target | limit | measured | met |" in table
