@@ -38,7 +38,7 @@ def launch(out: Path, mode: str, nproc: int, timeout: float = 240) -> None:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={nproc}", worker, str(out), mode]  # fmt: skip
     out.mkdir(exist_ok=True)
-    # A session of its own, so that a hang is ended with every worker torchrun started.
+    # A session of its own, so that a hang can be ended with everything it started.
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,
@@ -46,8 +46,13 @@ def launch(out: Path, mode: str, nproc: int, timeout: float = 240) -> None:
     try:
         _, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        _, stderr = proc.communicate()
+        # SIGTERM first: torchrun then ends its workers, which run in sessions of their own
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _, stderr = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            _, stderr = proc.communicate()
         pytest.fail(f"{mode} with {nproc} process(es) hung for {timeout}s: {stderr[-3000:]}")
     assert proc.returncode == 0, stderr[-3000:]
 
