@@ -684,7 +684,7 @@ def table_rows(results: dict[str, Any]) -> list[str]:
         f"**{spe['notebook_loop_convkit_net'] / spe['notebook']:.2f}x** |",
         f"| evaluate {ev['images']:,} images | `eval_net` {ev['eval_net_images_per_s']:.0f} "
         f"img/s | `evaluate` {ev['evaluate_images_per_s']:.0f} img/s | "
-        f"**{ev['speedup']:.2f}x faster** |",
+        f"**{ev['speedup']:.2f}x** the throughput |",
     ]
     rows += [memory_format_row(label, results[k]) for k, label in MEMORY_FORMATS.items()
              if k in results]  # fmt: skip
