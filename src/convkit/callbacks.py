@@ -53,6 +53,22 @@ class TrainState:
         scaler: The ``GradScaler`` of ``precision="16-mixed"``, if any.
         generator: The generator that shuffles the training data.
         callbacks: All callbacks of the run, in order (for checkpoints).
+
+    Examples:
+        A callback that reads the state after every epoch:
+
+        >>> import torch
+        >>> from convkit import Callback, build_cnn, fit, mnist_sample
+        >>> class PrintLR(Callback):
+        ...     def on_epoch_end(self, state):
+        ...         lr = state.optimizer.param_groups[0]["lr"]
+        ...         print(f"epoch {state.epoch}/{state.epochs}: lr={lr:g}")
+        >>> inputs, targets = mnist_sample().tensors
+        >>> _ = fit(build_cnn((1, 28, 28), 10, channels=(4,), hidden=()),
+        ...         (inputs[:128], targets[:128]), epochs=2, device="cpu", progress=False,
+        ...         callbacks=[PrintLR()])
+        epoch 1/2: lr=0.001
+        epoch 2/2: lr=0.001
     """
 
     model: nn.Module

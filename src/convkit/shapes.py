@@ -523,6 +523,14 @@ class ModelSummary:
         total_params: All parameters of the model.
         trainable_params: Those with ``requires_grad``.
         total_macs: Multiply-accumulates of one forward pass on one sample.
+
+    Examples:
+        >>> from convkit import build_cnn
+        >>> table = summary(build_cnn((1, 28, 28), 10, channels=(8,), hidden=()), (1, 28, 28))
+        >>> table.total_params == sum(row["params"] for row in table.rows)
+        True
+        >>> table.rows[0]["name"], table.rows[0]["output_shape"]
+        ('features.block1.conv', (8, 28, 28))
     """
 
     rows: list[dict[str, Any]]
