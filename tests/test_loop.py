@@ -267,27 +267,51 @@ def test_bad_data_tears_down_the_process_group_fit_created(small_data, monkeypat
 # ----------------------------------------------------------------------- NaN guard
 
 
-def test_non_finite_loss_error_is_typed(small_data) -> None:
+def test_non_finite_inputs_are_refused_before_any_work(small_data) -> None:
     inputs, targets = small_data
     inputs = inputs.clone()
-    inputs[150] = float("nan")  # the one batch of 300 holds it
+    inputs[150, 0, 3, 3] = float("nan")
+    inputs[160, 0, 3, 3] = float("inf")
+    model = bn_cnn()
+    before = _state(model)
+    with pytest.raises(ValueError, match=r"`train_data`: 2 sample\(s\) hold NaN or inf.*index 150"):
+        fit(model, (inputs, targets), epochs=1, **CPU)
+    assert _same(before, model.state_dict())
+
+
+class NanLossAt:
+    """Cross-entropy, except NaN on one call (the batch the NaN guard must catch)."""
+
+    def __init__(self, call: int) -> None:
+        self.call, self.calls = call, 0
+
+    def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        loss = nn.functional.cross_entropy(outputs, targets)
+        return loss * float("nan") if self.calls == self.call else loss
+
+
+def test_non_finite_loss_error_is_typed(small_data) -> None:
     model = plain_cnn()
+    loss = NanLossAt(call=4)  # epochs of 3 batches: the 4th call is epoch 2, batch 1
     with pytest.raises(NonFiniteLossError) as info:
-        fit(model, (inputs, targets), epochs=2, batch_size=300, **CPU)
+        fit(model, small_data, epochs=2, batch_size=100, loss=loss, task="multiclass", **CPU)
     err = info.value
     assert isinstance(err, FloatingPointError)
-    assert (err.epoch, err.batch) == (1, 1)
-    assert len(err.history) == 0
-    assert "batch 1" in str(err) and "before training" in str(err)
+    assert (err.epoch, err.batch) == (2, 1)
+    assert len(err.history) == 1
+    assert "batch 1" in str(err) and "at the end of epoch 1" in str(err)
 
 
-def test_nan_pixel_leaves_batchnorm_statistics_intact(small_data) -> None:
+def test_overflowing_forward_leaves_batchnorm_statistics_intact(small_data) -> None:
+    """Finite inputs whose convolution overflows: BatchNorm's running statistics, updated
+    by the forward pass before the loss is known, are put back when the guard trips."""
     inputs, targets = small_data
     model = bn_cnn()
     fit(model, (inputs, targets), epochs=1, batch_size=100, **CPU, seed=0)
     before = _state(model)
     bad = inputs.clone()
-    bad[:, :, 5, 5] = float("nan")
+    bad[:, :, 4:24, 4:24] = 3e38  # finite, but the sums in the convolution overflow
     with pytest.raises(NonFiniteLossError, match=r"parameters and buffers.*before training"):
         fit(model, (bad, targets), epochs=1, batch_size=100, **CPU)
     after = model.state_dict()
@@ -309,12 +333,29 @@ def test_finite_loss_with_a_nan_gradient_is_caught(small_data) -> None:
     assert _same(before, model.state_dict())
 
 
-def test_nan_in_validation_data_is_reported(small_data, sample_test) -> None:
+def test_nan_in_validation_data_is_refused_before_training(small_data, sample_test) -> None:
     inputs, targets = sample_test
     bad = inputs[:100].clone()
     bad[3] = float("nan")
+    model = plain_cnn()
+    before = _state(model)
+    with pytest.raises(ValueError, match=r"`val_data`: 1 sample\(s\) hold NaN.*index 3"):
+        fit(model, small_data, epochs=1, val_data=(bad, targets[:100]), **CPU)
+    assert _same(before, model.state_dict())
+
+
+def test_nan_validation_loss_is_reported(small_data, sample_test) -> None:
+    """Finite validation inputs that give a NaN loss (here: a NaN-valued loss) warn."""
+    inputs, targets = sample_test
+
+    class NanOnEval(nn.Module):
+        def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            loss = nn.functional.cross_entropy(outputs, targets)
+            return loss if torch.is_grad_enabled() else loss * float("nan")
+
     with pytest.warns(RuntimeWarning, match=r"val_loss is nan at epoch 1.*val_data"):
-        history = fit(plain_cnn(), small_data, epochs=1, val_data=(bad, targets[:100]), **CPU)
+        history = fit(plain_cnn(), small_data, epochs=1, val_data=(inputs[:100], targets[:100]),
+                      loss=NanOnEval(), task="multiclass", **CPU)  # fmt: skip
     assert np.isnan(history["val_loss"][0])
 
 

@@ -15,7 +15,8 @@ class DataCheck:
     Reads the model's optional ``input_shape``/``num_classes`` (see
     [`DescribedModel`][convkit.DescribedModel]). Runs on whole tensors once (in-memory
     data) or on each batch while it's still on the host (``DataLoader`` data), so it
-    never forces a device sync.
+    never forces a device sync. Inputs must be finite: all of in-memory data, and the
+    first batch of a loader (later NaN/inf batches are the training loop's NaN guard's).
     """
 
     def __init__(self, model: nn.Module, name: str, *, loss: object = None) -> None:
@@ -28,6 +29,20 @@ class DataCheck:
         self.input_shape = model_input_shape(model)
         self.num_classes = model_num_classes(model)
         self._probed = self.num_classes is not None
+        self._checked_finite = False
+
+    def _check_finite(self, inputs: torch.Tensor) -> None:
+        self._checked_finite = True
+        if not inputs.is_floating_point():
+            return
+        finite = torch.isfinite(inputs.reshape(inputs.shape[0], -1)).all(dim=1)
+        if not bool(finite.all()):
+            bad = torch.nonzero(~finite).flatten()
+            raise ValueError(
+                f"Invalid data in `{self.name}`: {bad.numel()} sample(s) hold NaN or inf "
+                f"values (the first at index {int(bad[0])}). Drop or repair them, e.g. with "
+                "torch.nan_to_num or by filtering on torch.isfinite(x).flatten(1).all(1)."
+            )
 
     def __call__(self, inputs: torch.Tensor, targets: torch.Tensor | None) -> None:
         if not (inputs.is_floating_point() or inputs.dtype == torch.uint8):
@@ -36,6 +51,8 @@ class DataCheck:
                 "needs floating-point inputs (uint8 images are scaled to [0, 1] by themselves). "
                 "Convert them, e.g. inputs.float()."
             )
+        if not self._checked_finite:
+            self._check_finite(inputs)
         sample = tuple(inputs.shape[1:])
         if self.input_shape is not None and not takes_sample_shape(self.model, sample):
             channels, *size = self.input_shape

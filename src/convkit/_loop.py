@@ -43,9 +43,12 @@ class NonFiniteLossError(FloatingPointError):
         >>> import torch
         >>> from convkit import NonFiniteLossError, fit
         >>> model = torch.nn.Linear(4, 2)
-        >>> x, y = torch.full((8, 4), float("nan")), torch.zeros(8, dtype=torch.long)
+        >>> x, y = torch.randn(8, 4), torch.zeros(8, dtype=torch.long)
+        >>> def exploding(outputs, targets):  # a loss that turns NaN
+        ...     return torch.nn.functional.cross_entropy(outputs, targets) * float("nan")
         >>> try:
-        ...     fit(model, (x, y), epochs=1, device="cpu", progress=False)
+        ...     fit(model, (x, y), epochs=1, loss=exploding, task="multiclass",
+        ...         device="cpu", progress=False)
         ... except NonFiniteLossError as err:
         ...     print(err.epoch, err.batch, len(err.history))
         1 1 0
