@@ -428,3 +428,19 @@ def test_fit_works_off_the_main_thread(small_data) -> None:
     thread.start()
     thread.join(timeout=120)
     assert len(result["history"]) == 1
+
+
+def test_loss_with_ignore_index_is_the_exact_mean_over_counted_targets(sample_train) -> None:
+    """Segmentation-style: batches that ignore different numbers of pixels are weighted by
+    the pixels they count, so the epoch loss is cross-entropy over all counted pixels."""
+    torch.manual_seed(0)
+    model = nn.Conv2d(1, 3, 3, padding=1)  # per-pixel logits for 3 classes
+    inputs = sample_train[0][:64]
+    targets = (inputs[:, 0] * 2.99).long()  # 0 background, 1 and 2 for ink levels
+    targets[:16, :, :20] = -100  # the first batch ignores many more pixels than the others
+    loss = nn.CrossEntropyLoss()
+    scores = evaluate(model, (inputs, targets), loss=loss, task="multiclass", batch_size=16,
+                      device="cpu")  # fmt: skip
+    with torch.no_grad():
+        expected = nn.functional.cross_entropy(model(inputs), targets).item()
+    assert scores["loss"] == pytest.approx(expected, rel=1e-6)

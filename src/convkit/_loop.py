@@ -210,6 +210,10 @@ def run_epoch(
     # model on a GPU is bound by kernel launches, so every launch counts): the loss
     # total, and every metric's statistics in one flat vector.
     loss_sum = torch.zeros((), dtype=dtype, device=device)
+    # A loss with an ignore_index averages over the targets it doesn't ignore, so its
+    # batch means are weighted by that count; every other loss by the batch size.
+    ignore_index = getattr(loss_fn, "ignore_index", None)
+    counted = torch.zeros((), dtype=dtype, device=device) if ignore_index is not None else None
     stats = torch.zeros(metrics.size, dtype=dtype, device=device)
     metrics.reset(device)
     count = 0
@@ -231,7 +235,14 @@ def run_epoch(
                 for callback in step.callbacks:
                     callback.on_batch_end(step.state)
         with torch.no_grad():
-            loss_sum.add_(loss.detach(), alpha=n)
+            if counted is not None and not targets.is_floating_point():
+                valid = (targets != ignore_index).sum()
+                loss_sum.add_(loss.detach() * valid)
+                counted.add_(valid)
+            else:
+                loss_sum.add_(loss.detach(), alpha=n)
+                if counted is not None:
+                    counted.add_(n)
             batch_stats = metrics.batch_totals(outputs.detach().float(), targets, dtype)
             if metrics.size:
                 stats.add_(batch_stats)
@@ -241,12 +252,14 @@ def run_epoch(
             now = time.perf_counter()
             if now - last_refresh >= POSTFIX_INTERVAL_S:
                 last_refresh = now
-                bar.set_postfix(loss=f"{loss_sum.item() / count:.4f}", refresh=False)
+                weight = counted.item() if counted is not None else count
+                running = loss_sum.item() / weight if weight else float("nan")
+                bar.set_postfix(loss=f"{running:.4f}", refresh=False)
         # distributed, a stop is agreed on by every rank at the end of the epoch instead
         stop = step is not None and step.state is not None and step.state.stop_training
         if step is not None and (step.interrupt.raised or (stop and not all_reduce)):
             break
-    return _reduce(loss_sum, stats, count, metrics, name, all_reduce)
+    return _reduce(loss_sum, counted, stats, count, metrics, name, all_reduce)
 
 
 def _batches(
@@ -263,20 +276,24 @@ def _batches(
 
 def _reduce(
     loss_sum: torch.Tensor,
+    counted: torch.Tensor | None,
     stats: torch.Tensor,
     count: int,
     metrics: MetricSet,
     name: str,
     all_reduce: bool,
 ) -> dict[str, float]:
-    """One all-reduce and one host read of ``[loss total, samples, *statistics]``."""
-    totals = torch.cat([loss_sum.reshape(1), loss_sum.new_tensor([float(count)]), stats])
+    """One all-reduce and one host read of ``[loss total, loss weight, samples, *stats]``."""
+    samples = loss_sum.new_tensor([float(count)])
+    weight = counted.reshape(1) if counted is not None else samples
+    totals = torch.cat([loss_sum.reshape(1), weight, samples, stats])
     if all_reduce:
         import torch.distributed as dist
 
         dist.all_reduce(totals)
     values = totals.tolist()  # the one host sync of the epoch
-    count_all = values[1]
-    if count_all == 0:
+    if values[2] == 0:
         raise ValueError(f"Invalid value for argument `{name}`: it yielded no batches.")
-    return {"loss": values[0] / count_all, **metrics.compute(values[2:])}
+    # every target ignored: no loss to average (cross-entropy itself gives NaN then)
+    loss = values[0] / values[1] if values[1] else float("nan")
+    return {"loss": loss, **metrics.compute(values[3:])}
