@@ -236,7 +236,7 @@ def run_epoch(
                     callback.on_batch_end(step.state)
         with torch.no_grad():
             if counted is not None and not targets.is_floating_point():
-                valid = (targets != ignore_index).sum()
+                valid = targets.ne(ignore_index).sum()
                 loss_sum.add_(loss.detach() * valid)
                 counted.add_(valid)
             else:
