@@ -212,7 +212,7 @@ def run_epoch(
     loss_sum = torch.zeros((), dtype=dtype, device=device)
     # A loss with an ignore_index averages over the targets it doesn't ignore, so its
     # batch means are weighted by that count; every other loss by the batch size.
-    ignore_index = getattr(loss_fn, "ignore_index", None)
+    ignore_index: int | None = getattr(loss_fn, "ignore_index", None)
     counted = torch.zeros((), dtype=dtype, device=device) if ignore_index is not None else None
     stats = torch.zeros(metrics.size, dtype=dtype, device=device)
     metrics.reset(device)
@@ -235,8 +235,8 @@ def run_epoch(
                 for callback in step.callbacks:
                     callback.on_batch_end(step.state)
         with torch.no_grad():
-            if counted is not None and not targets.is_floating_point():
-                valid = targets.ne(ignore_index).sum()
+            if counted is not None and ignore_index is not None and not targets.is_floating_point():
+                valid = torch.ne(targets, ignore_index).sum()
                 loss_sum.add_(loss.detach() * valid)
                 counted.add_(valid)
             else:
