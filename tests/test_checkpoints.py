@@ -154,14 +154,21 @@ def test_killed_mid_write_leaves_the_previous_checkpoint(tmp_path: Path) -> None
             save_checkpoint({str(path)!r}, model, epoch=epoch)
             epoch += 1
     """
+    temp = tmp_path / ".big.pt.tmp"
     for _attempt in range(5):
         proc = run_python(code)
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "FIRST"
-        time.sleep(1.5)  # several 64 MiB writes under way
+        deadline = time.monotonic() + 60
+        # kill it the moment a later save is half written (polling, not a fixed sleep,
+        # so a slow machine still catches a write in progress)
+        while time.monotonic() < deadline:
+            if temp.exists() and temp.stat().st_size > 1 << 20:
+                break
+            time.sleep(0.001)
         proc.kill()
         proc.communicate(timeout=30)  # reap it and close its pipes
-        if (tmp_path / ".big.pt.tmp").exists():
+        if temp.exists():
             break  # killed in the middle of a write: its partial file is left behind
     assert sorted(p.name for p in tmp_path.iterdir()) == [".big.pt.tmp", "big.pt"], (
         "no kill mid-write"
