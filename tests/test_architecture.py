@@ -20,7 +20,7 @@ PACKAGE = Path(convkit.__file__).parent
 #: The training side; every module not listed here or below is on the model side.
 TRAINING = {
     "training", "history", "callbacks", "_loop", "_epochs", "_optim", "_data", "_data_check",
-    "_runtime", "_distributed", "_metrics", "_tasks", "_task_setup", "datasets",
+    "_runtime", "_distributed", "_metrics", "_tasks", "_task_setup", "_setup", "datasets",
 }  # fmt: skip
 #: Below both halves: they import neither.
 SHARED = {"checkpoints", "_files", "_restore", "_probe", "_validation", "_typing", "devices"}
