@@ -431,3 +431,18 @@ def test_ctrl_c_in_the_first_epoch_names_missing_metrics_nan(small_data, tmp_pat
         saver.last_path is None and saver.interrupted_path == tmp_path / "m-00-nan.interrupted.pt"
     )
     assert load_checkpoint(saver.interrupted_path)["clean_checkpoint"] is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "pattern"),
+    [
+        ({"patience": "3"}, TypeError, r"`patience`.*Expected an int.*'3'"),
+        ({"patience": -1}, ValueError, r"`patience`.*non-negative.*-1"),
+        ({"min_delta": float("nan")}, ValueError, r"`min_delta`.*nan"),
+        ({"min_delta": "0.1"}, TypeError, r"`min_delta`.*number"),
+        ({"restore_best": "no"}, TypeError, r"`restore_best`.*True or False.*'no'"),
+    ],
+)
+def test_early_stopping_refuses_bad_arguments(kwargs, error, pattern) -> None:
+    with pytest.raises(error, match=pattern):
+        EarlyStopping(**kwargs)
