@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ._files import atomic_write, unwritable_reason
-from ._validation import check_non_negative_float, check_positive_int
+from ._validation import check_bool, check_non_negative_float, check_positive_int
 from .checkpoints import save_checkpoint
 
 __all__ = ["CSVLogger", "Callback", "EarlyStopping", "ModelCheckpoint", "TrainState", "hook_order"]
@@ -191,11 +191,7 @@ class EarlyStopping(Callback):
     ) -> None:
         check_positive_int("patience", patience, allow_zero=True)
         min_delta = check_non_negative_float("min_delta", min_delta)
-        if not isinstance(restore_best, bool):
-            raise TypeError(
-                "Invalid type for argument `restore_best`. Expected True or False. "
-                f"Received restore_best={restore_best!r}."
-            )
+        check_bool("restore_best", restore_best)
         self.monitor, self.patience, self.min_delta = monitor, patience, float(min_delta)
         self.mode = _resolve_mode("EarlyStopping", mode, monitor)
         self.restore_best = restore_best
