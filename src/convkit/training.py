@@ -318,7 +318,7 @@ def fit(
             seed_everything(seed)
         if sync_batchnorm:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[no-untyped-call]
-        runtime.place(model)
+            runtime.place(model)  # the model was placed above; this places the new layers
         opt = make_optimizer(optimizer, model, lr, weight_decay)
         sched = build_scheduler(scheduler, opt)
         net = wrap_model(model, ctx, dev, compile=compile)
