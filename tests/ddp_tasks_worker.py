@@ -48,6 +48,10 @@ def main(out: str, task: str) -> None:
     rank = int(os.environ.get("RANK", "0"))
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump(history.to_dict(), f)
+    if torch.distributed.is_initialized():
+        # an orderly end: gloo's threads left running at interpreter exit can abort the
+        # process ("terminate called without an active exception")
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
