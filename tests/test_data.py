@@ -15,8 +15,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from convkit import build_cnn, evaluate, fit, predict
-from convkit._data import Batching, LoaderBatches, TensorBatches, make_batches
-from convkit._runtime import Runtime
+from convkit.train.data import Batching, LoaderBatches, TensorBatches, make_batches
+from convkit.train.run import Runtime
 
 
 @pytest.mark.parametrize("batch_size", [32, 50, 300, 512])
@@ -136,7 +136,7 @@ def test_float64_inputs_are_cast_to_the_models_dtype_said_once(
 ) -> None:
     inputs, targets = small_data
     model = _tiny()
-    with caplog.at_level(logging.INFO, logger="convkit._data"):
+    with caplog.at_level(logging.INFO, logger="convkit.train.data"):
         history = fit(model, (inputs.double().numpy(), targets.numpy()), **CPU)
     assert history["loss"] == reference[0]  # float32 -> float64 -> float32 is exact
     said = [r for r in caplog.records if "inputs torch.float64 -> torch.float32" in r.message]

@@ -18,7 +18,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from convkit import _distributed, build_cnn, fit, setup_distributed
+from convkit import build_cnn, fit, setup_distributed
+from convkit.train import distributed as _distributed
 
 HERE = Path(__file__).resolve().parent
 SRC = str(HERE.parent / "src")
@@ -164,7 +165,7 @@ def test_a_lone_process_says_what_it_waits_for_and_times_out(
     lone_rank: int, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(_distributed, "_WAIT_NOTICE_S", 0.05)
-    caplog.set_level(logging.INFO, logger="convkit._distributed")
+    caplog.set_level(logging.INFO, logger="convkit.train.distributed")
     start = time.monotonic()
     with pytest.raises(
         TimeoutError,

@@ -528,12 +528,12 @@ def test_reference_index_lists_every_public_name() -> None:
 
 
 def test_type_aliases_page_documents_every_alias() -> None:
-    from convkit import _typing
+    from convkit.utils import typing as _typing
 
     aliases = [name for name, hint in _typing.__annotations__.items() if hint == "TypeAlias"]
     assert {"IntOrPair", "Padding", "LayerSpec", "DeviceLike", "MetricFn"} <= set(aliases)
     section = load_hook("api_index").type_aliases_section()
-    headings = re.findall(r"^## `(\w+)` \{ #convkit\._typing\.(\w+) \}$", section, re.M)
+    headings = re.findall(r"^## `(\w+)` \{ #convkit\.utils\.typing\.(\w+) \}$", section, re.M)
     assert [name for name, _ in headings] == aliases
     assert all(name == anchor for name, anchor in headings)
     for name in aliases:  # each with its definition and its meaning
@@ -545,9 +545,11 @@ def test_type_aliases_page_documents_every_alias() -> None:
 def test_reference_pages_show_the_tables() -> None:
     site = built_site()
     index = (site / "reference" / "convkit" / "index.html").read_text(encoding="utf-8")
-    assert index.count("<tr>") >= 30 and 'href="../blocks/#convkit.blocks.ConvBlock"' in index
+    assert (
+        index.count("<tr>") >= 30 and 'href="../blocks/#convkit.layers.blocks.ConvBlock"' in index
+    )
     types = (site / "reference" / "types" / "index.html").read_text(encoding="utf-8")
-    assert 'id="convkit._typing.IntOrPair"' in types and "type-aliases -->" not in types
+    assert 'id="convkit.utils.typing.IntOrPair"' in types and "type-aliases -->" not in types
 
 
 # ---------------------------------------------------------------------- in a browser

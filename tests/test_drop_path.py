@@ -5,7 +5,7 @@ import torch
 from torchvision.ops import StochasticDepth, stochastic_depth
 
 from convkit import DropPath
-from convkit.drop_path import drop_path
+from convkit.layers.drop_path import drop_path
 
 
 @pytest.mark.parametrize("mode", ["row", "batch"])

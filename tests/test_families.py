@@ -13,7 +13,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 from convkit import ResidualBlock, build_cnn, load_model, save_checkpoint
-from convkit.factory import plain_features
+from convkit.models.factory import plain_features
 from convkit.shapes import min_input_size, output_size, receptive_field, summary
 
 RESNET20 = {

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from convkit import ConvBlock, ResidualBlock, SeparableConv, init_weights
-from convkit.init import ZeroInitLast
+from convkit.layers.init import ZeroInitLast
 
 
 def test_torch_init_is_pytorchs_default() -> None:

@@ -13,8 +13,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-import convkit._distributed
-import convkit._loop
+import convkit.train.distributed
+import convkit.train.run
 from convkit import Callback, NonFiniteLossError, build_cnn, evaluate, fit, predict
 
 CPU = {"device": "cpu", "progress": False}
@@ -82,7 +82,7 @@ def test_no_progress_bar_means_no_host_reads_however_often_it_would_refresh(
     small_data, monkeypatch
 ) -> None:
     """A hidden bar must not read the running loss (one host sync each time)."""
-    monkeypatch.setattr(convkit._loop, "POSTFIX_INTERVAL_S", 0.0)
+    monkeypatch.setattr(convkit.train.run, "POSTFIX_INTERVAL_S", 0.0)
     reads = []
     original = torch.Tensor.item
 
@@ -253,7 +253,7 @@ def test_bad_data_tears_down_the_process_group_fit_created(small_data, monkeypat
     def init_alone(backend: str, timeout: float) -> None:
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
 
-    monkeypatch.setattr(convkit._distributed, "_join", init_alone)
+    monkeypatch.setattr(convkit.train.distributed, "_join", init_alone)
     inputs, targets = small_data
     try:
         with pytest.raises(ValueError, match=r"target 12 is outside \[0, 10\)"):

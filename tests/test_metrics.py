@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from convkit import mnist_sample
-from convkit._metrics import bind_metrics, default_metrics, parse_metrics
-from convkit._tasks import TaskSpec, infer_task
+from convkit.train.metrics import bind_metrics, default_metrics, parse_metrics
+from convkit.train.tasks import TaskSpec, infer_task
 
 BATCH = 128  # 1,000 test images -> 7 full batches and one of 104
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convkit._tasks import TaskSpec, default_loss, infer_task, loss_kind
+from convkit.train.tasks import TaskSpec, default_loss, infer_task, loss_kind
 
 
 def _f(*shape: int) -> torch.Tensor:

@@ -6,26 +6,37 @@ Blocks ([`ConvBlock`][convkit.ConvBlock], [`Flatten`][convkit.Flatten],
 ([`fit`][convkit.fit], [`evaluate`][convkit.evaluate], [`predict`][convkit.predict]).
 """
 
-from . import callbacks, checkpoints, datasets, shapes, viz
-from ._distributed import setup_distributed
-from ._loop import NonFiniteLossError
-from ._typing import DescribedModel
-from .blocks import ConvBlock, Flatten
-from .callbacks import Callback, CSVLogger, EarlyStopping, ModelCheckpoint, TrainState
+from . import checkpoints, datasets, layers, models, shapes, train, viz
 from .checkpoints import load_checkpoint, save_checkpoint
 from .datasets import mnist, mnist_sample
-from .devices import available_devices, resolve_device
-from .drop_path import DropPath
-from .factory import CNN, build_cnn
-from .heads import MLPHead
-from .history import History
-from .init import init_weights
-from .loading import load_model
-from .residual import ResidualBlock
-from .separable import SeparableConv
+from .layers import (
+    ConvBlock,
+    DropPath,
+    Flatten,
+    MLPHead,
+    ResidualBlock,
+    SeparableConv,
+    SqueezeExcite,
+    init_weights,
+)
+from .models import CNN, build_cnn, load_model
 from .shapes import summary
-from .squeeze_excite import SqueezeExcite
-from .training import evaluate, fit, predict
+from .train import (
+    Callback,
+    CSVLogger,
+    EarlyStopping,
+    History,
+    ModelCheckpoint,
+    NonFiniteLossError,
+    TrainState,
+    available_devices,
+    evaluate,
+    fit,
+    predict,
+    resolve_device,
+    setup_distributed,
+)
+from .utils.typing import DescribedModel
 
 __version__ = "0.2.0"
 
@@ -48,21 +59,23 @@ __all__ = [
     "TrainState",
     "available_devices",
     "build_cnn",
-    "callbacks",
     "checkpoints",
     "datasets",
     "evaluate",
     "fit",
     "init_weights",
+    "layers",
     "load_checkpoint",
     "load_model",
     "mnist",
     "mnist_sample",
+    "models",
     "predict",
     "resolve_device",
     "save_checkpoint",
     "setup_distributed",
     "shapes",
     "summary",
+    "train",
     "viz",
 ]

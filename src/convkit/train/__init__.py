@@ -1,0 +1,29 @@
+"""Training: ``fit``, ``evaluate`` and ``predict`` for any ``nn.Module`` and any task.
+
+The training side knows nothing about CNNs. What it needs from a model is the documented
+[`DescribedModel`][convkit.DescribedModel] protocol, and files go through
+``convkit.checkpoints``.
+"""
+
+from .callbacks import Callback, CSVLogger, EarlyStopping, ModelCheckpoint, TrainState
+from .devices import available_devices, resolve_device
+from .distributed import setup_distributed
+from .history import History
+from .loops import evaluate, fit, predict
+from .run import NonFiniteLossError
+
+__all__ = [
+    "CSVLogger",
+    "Callback",
+    "EarlyStopping",
+    "History",
+    "ModelCheckpoint",
+    "NonFiniteLossError",
+    "TrainState",
+    "available_devices",
+    "evaluate",
+    "fit",
+    "predict",
+    "resolve_device",
+    "setup_distributed",
+]

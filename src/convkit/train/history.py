@@ -1,0 +1,158 @@
+"""``History``: the per-epoch record that ``fit`` returns, and its plot."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["History"]
+
+
+class History:
+    """Per-epoch losses and metrics returned by [`fit`][convkit.fit].
+
+    ``history["loss"]``, ``history["accuracy"]``, ``history["val_loss"]``,
+    ``history["val_accuracy"]`` are lists of floats, one per epoch, as in Keras.
+
+    Attributes:
+        history: ``{name: [value per epoch]}``.
+        epochs: One dict per epoch: ``{"epoch": 1, "metrics": {...}, "seconds": 2.1,
+            "lr": 0.001}`` (``lr``: the first parameter group's learning rate at the
+            start of that epoch).
+        seed: The ``seed`` given to ``fit`` (``None`` if none).
+        device: The device trained on, e.g. ``"cpu"`` or ``"cuda:0"``.
+        interrupted: Whether training stopped before its last epoch.
+        task: The task trained, e.g. ``"multiclass"`` or ``"regression"`` (inferred by
+            ``fit(task="auto")`` from the first batch).
+        loss: The loss trained with, e.g. ``"MSELoss()"``.
+        metrics: The metric names reported.
+        setup: What [`evaluate`][convkit.evaluate] and [`predict`][convkit.predict]
+            reuse from ``history=``: the task, the loss object and the metrics as given
+            (kept in memory only; ``to_dict`` keeps the names above).
+
+    Examples:
+        >>> history = History(device="cpu")
+        >>> history.append(1, {"loss": 0.9, "accuracy": 0.7}, seconds=1.5, lr=1e-3)
+        >>> history.append(2, {"loss": 0.5, "accuracy": 0.8}, seconds=1.4, lr=1e-3)
+        >>> history["loss"], history.learning_rates, len(history)
+        ([0.9, 0.5], [0.001, 0.001], 2)
+    """
+
+    def __init__(self, *, seed: int | None = None, device: str | None = None) -> None:
+        self.history: dict[str, list[float]] = {}
+        self.epochs: list[dict[str, Any]] = []
+        self.seed = seed
+        self.device = device
+        self.interrupted = False
+        self.task: str | None = None
+        self.loss: str | None = None
+        self.metrics: list[str] = []
+        self.setup: Any = None
+
+    def append(
+        self, epoch: int, metrics: dict[str, float], seconds: float, lr: float | None = None
+    ) -> None:
+        """Record one finished epoch."""
+        for name, value in metrics.items():
+            self.history.setdefault(name, []).append(value)
+        self.epochs.append({"epoch": epoch, "metrics": dict(metrics), "seconds": seconds, "lr": lr})
+
+    @property
+    def learning_rates(self) -> list[float | None]:
+        """The learning rate of each recorded epoch (``None`` where it wasn't recorded)."""
+        return [e.get("lr") for e in self.epochs]
+
+    def __getitem__(self, key: str) -> list[float]:
+        try:
+            return self.history[key]
+        except KeyError:
+            raise KeyError(
+                f"No metric {key!r} in this History; recorded: {', '.join(self.history) or 'none'}."
+            ) from None
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.history
+
+    def __len__(self) -> int:
+        return len(self.epochs)
+
+    def keys(self) -> list[str]:
+        """Names of the recorded series, e.g. ``["loss", "accuracy", "val_loss", ...]``."""
+        return list(self.history)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything as plain, JSON-able data."""
+        return {
+            "history": {k: list(v) for k, v in self.history.items()},
+            "epochs": [dict(e, metrics=dict(e["metrics"])) for e in self.epochs],
+            "seed": self.seed,
+            "device": self.device,
+            "interrupted": self.interrupted,
+            "task": self.task,
+            "loss": self.loss,
+            "metrics": list(self.metrics),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> History:
+        """Rebuild a History from [`to_dict`][convkit.train.history.History.to_dict]'s output."""
+        history = cls(seed=data.get("seed"), device=data.get("device"))
+        history.history = {k: list(v) for k, v in data["history"].items()}
+        history.epochs = [dict(e, metrics=dict(e["metrics"])) for e in data["epochs"]]
+        history.interrupted = bool(data.get("interrupted", False))
+        history.task, history.loss = data.get("task"), data.get("loss")
+        history.metrics = list(data.get("metrics", []))
+        return history
+
+    def plot(self, keys: Sequence[str] | None = None) -> Any:
+        """Draw the training curves, one panel per metric, train and validation together.
+
+        The loss and each metric get their own axes (their scales differ); the epoch
+        axis has integer ticks. Needs matplotlib (``pip install "torch-convkit[plot]"``).
+
+        Args:
+            keys: Metrics to draw (without the ``val_`` prefix); default: all.
+
+        Returns:
+            A ``matplotlib.figure.Figure``; save it with ``fig.savefig("curves.png")``.
+
+        Raises:
+            ImportError: If matplotlib isn't installed (the message names the extra).
+        """
+        try:
+            from matplotlib.figure import Figure
+            from matplotlib.ticker import MaxNLocator
+        except ImportError as err:
+            raise ImportError(
+                "History.plot() needs matplotlib, which is not installed. Install convkit's "
+                "'plot' extra: pip install \"torch-convkit[plot]\"."
+            ) from err
+        names = (
+            list(keys)
+            if keys is not None
+            else [k for k in self.history if not k.startswith("val_")]
+        )
+        missing = [k for k in names if k not in self.history]
+        if missing:
+            raise ValueError(
+                f"Invalid value for argument `keys`: {missing} not recorded; recorded: "
+                f"{', '.join(self.history)}."
+            )
+        fig = Figure(figsize=(4.5 * max(len(names), 1), 3.5), layout="constrained")
+        axes = fig.subplots(1, max(len(names), 1), squeeze=False)[0]
+        epochs = [e["epoch"] for e in self.epochs]
+        for ax, name in zip(axes, names, strict=False):
+            ax.plot(epochs, self.history[name], marker="o", label="train")
+            if f"val_{name}" in self.history:
+                ax.plot(epochs, self.history[f"val_{name}"], marker="o", label="validation")
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.5
+            ax.set_ylabel(name)
+            ax.grid(alpha=0.3)
+            ax.legend()
+        return fig
+
+    def __repr__(self) -> str:
+        last = self.epochs[-1]["metrics"] if self.epochs else {}
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in last.items())
+        return f"History(epochs={len(self)}, device={self.device!r}, last: {shown or '-'})"
