@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
+
 import pytest
 import torch
 
@@ -27,3 +30,12 @@ def small_data(
     """300 real images: a batch size of 128 leaves a last batch of 44."""
     inputs, targets = sample_train
     return inputs[:300].clone(), targets[:300].clone()
+
+
+@pytest.fixture(autouse=True)
+def _close_figures() -> Iterator[None]:
+    """convkit's figures are pyplot-managed: close them so tests don't accumulate them."""
+    yield
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:
+        pyplot.close("all")

@@ -655,3 +655,39 @@ def test_viz_sits_above_both_halves() -> None:
             assert not imported & TRAINING_SIDE, (path.name, imported & TRAINING_SIDE)
         elif path.stem != "__init__":
             assert not imported & VIZ_MODULES, (path.name, imported & VIZ_MODULES)
+
+
+# ------------------------------------------------- the same batching path as fit and predict
+
+
+def test_uint8_images_are_scaled_as_fit_scales_them(model: nn.Module, digits: Any) -> None:
+    x, y = digits
+    raw = (x * 255).round().to(torch.uint8)  # images as stored: 0..255
+    scaled = raw.float() / 255
+    maps = viz.feature_maps(model, raw[0])
+    expected = viz.feature_maps(model, scaled[0])
+    assert maps.keys() == expected.keys()
+    for name in maps:
+        torch.testing.assert_close(maps[name], expected[name])
+    torch.testing.assert_close(viz.grad_cam(model, raw[:3]), viz.grad_cam(model, scaled[:3]))
+    from_raw = Interpretation.from_model(model, (raw, y))
+    from_float = Interpretation.from_model(model, (scaled, y))
+    assert torch.equal(from_raw.confusion, from_float.confusion)
+    torch.testing.assert_close(from_raw.losses, from_float.losses)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_inputs_are_refused_naming_the_sample(
+    model: nn.Module, digits: Any, bad: float
+) -> None:
+    x, y = digits
+    x = x.clone()
+    x[7, 0, 3, 3] = bad
+    with pytest.raises(ValueError, match=r"`data`: 1 sample\(s\) hold NaN or inf .*index 7"):
+        Interpretation.from_model(model, (x, y))
+    loader = DataLoader(TensorDataset(x, y), batch_size=5)
+    with pytest.raises(ValueError, match=r"`data`: 1 sample\(s\) .*index 7"):
+        Interpretation.from_model(model, loader)
+    for draw in (viz.feature_maps, viz.grad_cam):
+        with pytest.raises(ValueError, match=r"`x`: 1 sample\(s\) hold NaN or inf"):
+            draw(model, x[7])

@@ -17,6 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from ..utils.display import html_table
 from ..utils.probe import infer_output_shape
 from ..utils.typing import model_input_shape
 from ..utils.validation import (
@@ -562,9 +563,10 @@ class ModelSummary:
     trainable_params: int
     total_macs: int
 
-    def __str__(self) -> str:
-        header = ("Layer", "Type", "Output shape", "Params", "MACs", "RF")
-        body = [
+    _HEADER = ("Layer", "Type", "Output shape", "Params", "MACs", "RF")
+
+    def _cells(self) -> list[tuple[str, ...]]:
+        return [
             (
                 row["name"],
                 row["type"],
@@ -575,6 +577,15 @@ class ModelSummary:
             )
             for row in self.rows
         ]
+
+    def _totals(self) -> list[str]:
+        return [
+            f"Total params: {self.total_params:,} (trainable: {self.trainable_params:,})",
+            f"Total MACs per sample: {self.total_macs:,}",
+        ]
+
+    def __str__(self) -> str:
+        header, body = self._HEADER, self._cells()
         widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
         rule = "-" * (sum(widths) + 2 * (len(widths) - 1))
         lines = [f"Input shape: {self.input_shape}", rule]
@@ -587,12 +598,19 @@ class ModelSummary:
             )
             if i == 0:
                 lines.append(rule)
-        lines += [
-            rule,
-            f"Total params: {self.total_params:,} (trainable: {self.trainable_params:,})",
-            f"Total MACs per sample: {self.total_macs:,}",
-        ]
-        return "\n".join(lines)
+        return "\n".join([*lines, rule, *self._totals()])
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def _repr_html_(self) -> str:
+        return html_table(
+            self._HEADER,
+            self._cells(),
+            caption=f"Input shape: {self.input_shape}",
+            footer=self._totals(),
+            numeric_from=3,
+        )
 
 
 def _macs(layer: nn.Module, output: torch.Tensor) -> int:

@@ -484,6 +484,32 @@ def make_batches(data: Any, spec: Batching) -> TensorBatches | LoaderBatches:
 
 
 # -------------------- _data_check --------------------
+def check_finite(name: str, inputs: torch.Tensor) -> None:
+    """Refuse inputs holding NaN or inf, naming how many samples and the first one."""
+    if not inputs.is_floating_point() or inputs.numel() == 0:
+        return
+    # aminmax propagates NaN and inf without a temporary the size of the data
+    if bool(torch.isfinite(torch.stack(torch.aminmax(inputs))).all()):  # one host read
+        return
+    bad = [
+        start + int(i)
+        for start in range(0, inputs.shape[0], 1024)
+        for i in torch.nonzero(
+            ~torch.isfinite(inputs[start : start + 1024]).flatten(1).all(dim=1)
+        ).flatten()
+    ]
+    raise nonfinite_error(name, bad)
+
+
+def nonfinite_error(name: str, bad: list[int]) -> ValueError:
+    """The error for samples ``bad`` (their indices) of ``name`` holding NaN or inf."""
+    return ValueError(
+        f"Invalid data in `{name}`: {len(bad)} sample(s) hold NaN or inf values (the "
+        f"first at index {bad[0]}). Drop or repair them, e.g. with torch.nan_to_num or by "
+        "filtering on torch.isfinite(x).flatten(1).all(1)."
+    )
+
+
 class DataCheck:
     """Checks inputs and targets against the model before they reach it.
 
@@ -508,23 +534,7 @@ class DataCheck:
 
     def _check_finite(self, inputs: torch.Tensor) -> None:
         self._checked_finite = True
-        if not inputs.is_floating_point() or inputs.numel() == 0:
-            return
-        # aminmax propagates NaN and inf without a temporary the size of the data
-        if bool(torch.isfinite(torch.stack(torch.aminmax(inputs))).all()):  # one host read
-            return
-        bad = [
-            start + int(i)
-            for start in range(0, inputs.shape[0], 1024)
-            for i in torch.nonzero(
-                ~torch.isfinite(inputs[start : start + 1024]).flatten(1).all(dim=1)
-            ).flatten()
-        ]
-        raise ValueError(
-            f"Invalid data in `{self.name}`: {len(bad)} sample(s) hold NaN or inf values (the "
-            f"first at index {bad[0]}). Drop or repair them, e.g. with torch.nan_to_num or by "
-            "filtering on torch.isfinite(x).flatten(1).all(1)."
-        )
+        check_finite(self.name, inputs)
 
     def __call__(self, inputs: torch.Tensor, targets: torch.Tensor | None) -> None:
         if not (inputs.is_floating_point() or inputs.dtype == torch.uint8):

@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ..utils.display import html_table
+from ..utils.figures import new_figure
+
 __all__ = ["History"]
 
 
@@ -114,19 +117,12 @@ class History:
             keys: Metrics to draw (without the ``val_`` prefix); default: all.
 
         Returns:
-            A ``matplotlib.figure.Figure``; save it with ``fig.savefig("curves.png")``.
+            A ``matplotlib.figure.Figure`` managed by pyplot (``plt.show()`` shows it,
+            ``plt.close(fig)`` closes it); save it with ``fig.savefig("curves.png")``.
 
         Raises:
             ImportError: If matplotlib isn't installed (the message names the extra).
         """
-        try:
-            from matplotlib.figure import Figure
-            from matplotlib.ticker import MaxNLocator
-        except ImportError as err:
-            raise ImportError(
-                "History.plot() needs matplotlib, which is not installed. Install convkit's "
-                "'plot' extra: pip install \"torch-convkit[plot]\"."
-            ) from err
         names = (
             list(keys)
             if keys is not None
@@ -138,7 +134,9 @@ class History:
                 f"Invalid value for argument `keys`: {missing} not recorded; recorded: "
                 f"{', '.join(self.history)}."
             )
-        fig = Figure(figsize=(4.5 * max(len(names), 1), 3.5), layout="constrained")
+        fig = new_figure("History.plot()", (4.5 * max(len(names), 1), 3.5))
+        from matplotlib.ticker import MaxNLocator
+
         axes = fig.subplots(1, max(len(names), 1), squeeze=False)[0]
         epochs = [e["epoch"] for e in self.epochs]
         for ax, name in zip(axes, names, strict=False):
@@ -151,6 +149,21 @@ class History:
             ax.grid(alpha=0.3)
             ax.legend()
         return fig
+
+    def _repr_html_(self) -> str:
+        names = list(self.history)
+        rows = [
+            (
+                e["epoch"],
+                *(f"{e['metrics'][k]:.4g}" if k in e["metrics"] else "" for k in names),
+                "" if e.get("lr") is None else f"{e['lr']:.3g}",
+                f"{e['seconds']:.1f}",
+            )
+            for e in self.epochs
+        ]
+        caption = f"History: {len(self)} epochs on {self.device or 'an unknown device'}"
+        footer = ["Training was interrupted."] if self.interrupted else []
+        return html_table(("epoch", *names, "lr", "seconds"), rows, caption=caption, footer=footer)
 
     def __repr__(self) -> str:
         last = self.epochs[-1]["metrics"] if self.epochs else {}

@@ -36,10 +36,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import logging
 import math
 import random
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -52,7 +54,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm.std import tqdm
 
 from ..checkpoints import resume
 from ..utils.probe import eval_mode, preserved_modes
@@ -588,6 +590,18 @@ class Run:
     distributed: bool
 
 
+def _bar_class() -> type[tqdm[Any]]:
+    """tqdm's widget in a Jupyter kernel that has ipywidgets, else the text bar.
+
+    ``tqdm.auto`` would warn ("IProgress not found") in a kernel without ipywidgets.
+    """
+    if "ipykernel" in sys.modules and importlib.util.find_spec("ipywidgets") is not None:
+        from tqdm.notebook import tqdm as widget
+
+        return widget
+    return tqdm
+
+
 def _bar(run: Run, epoch: int) -> Any:
     if not run.show:
         return nullcontext(None)
@@ -596,7 +610,7 @@ def _bar(run: Run, epoch: int) -> Any:
     except TypeError:  # an IterableDataset without a length
         total = None
     epochs = run.state.epochs
-    return tqdm(
+    return _bar_class()(
         total=total, desc=f"Epoch {epoch}/{epochs}", unit="batch", leave=False, dynamic_ncols=True
     )
 

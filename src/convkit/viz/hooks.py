@@ -15,6 +15,8 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from ..train.data import check_finite, convert
+
 __all__ = [
     "CONV_TYPES",
     "conv_blocks",
@@ -196,7 +198,14 @@ def sample_batch(model: nn.Module, x: Any, *, single: bool) -> torch.Tensor:
             f"Invalid value for argument `x`. Expected {expected}. Received a tensor of "
             f"shape {tuple(x.shape)}."
         )
+    if not (batch.is_floating_point() or batch.dtype == torch.uint8):
+        raise TypeError(
+            f"Invalid value for argument `x`: a tensor of dtype {batch.dtype}. Expected "
+            "floating-point inputs or uint8 images; convert it, e.g. x.float()."
+        )
     reference = next(iter(model.parameters()), None)
-    if reference is None or not reference.is_floating_point():
-        return batch.to(torch.float32)
-    return batch.to(device=reference.device, dtype=reference.dtype)
+    floating = reference is not None and reference.is_floating_point()
+    dtype = reference.dtype if reference is not None and floating else torch.float32
+    batch, _ = convert(batch, None, dtype)  # uint8 images scaled to [0, 1], as fit does
+    check_finite("x", batch)
+    return batch.to(reference.device) if reference is not None else batch

@@ -13,11 +13,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, SequentialSampler, TensorDataset
 
+from ..train.data import convert, nonfinite_error
+from ..utils.display import html_table
 from ..utils.probe import eval_mode
 from ..utils.validation import check_positive_int
 from .plotting import grid_figure, new_figure, show_image
@@ -30,7 +33,7 @@ __all__ = ["ClassTable", "Interpretation"]
 Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class ClassTable:
     """Per-class precision, recall and support; ``print`` it for a table.
 
@@ -57,6 +60,23 @@ class ClassTable:
             cells = [f"{v:.3f}" if not math.isnan(v) else "n/a" for v in (p, r)]
             lines.append(f"{name:<{width}}  {cells[0]:>9}  {cells[1]:>6}  {s:>7}")
         return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def _rows(self) -> list[tuple[str, str, str, int]]:
+        def cell(value: float) -> str:
+            return "n/a" if math.isnan(value) else f"{value:.3f}"
+
+        return [
+            (name, cell(p), cell(r), s)
+            for name, p, r, s in zip(
+                self.classes, self.precision, self.recall, self.support, strict=True
+            )
+        ]
+
+    def _repr_html_(self) -> str:
+        return html_table(("class", "precision", "recall", "support"), self._rows())
 
 
 def _tensor_batches(inputs: torch.Tensor, targets: torch.Tensor, batch_size: int) -> Batches:
@@ -130,8 +150,14 @@ def _accumulate(model: nn.Module, batches: Batches) -> tuple[torch.Tensor, torch
                     f"indices of shape (N,). Received {targets.dtype} targets of shape "
                     f"{tuple(targets.shape)}."
                 )
-            inputs = inputs.to(device, dtype if inputs.is_floating_point() else None)
-            targets = targets.to(device)
+            if not (inputs.is_floating_point() or inputs.dtype == torch.uint8):
+                raise TypeError(
+                    f"Invalid data in `data`: inputs have dtype {inputs.dtype}. Expected "
+                    "floating-point inputs or uint8 images; convert them, e.g. inputs.float()."
+                )
+            inputs, _ = convert(inputs, None, dtype)  # uint8 -> [0, 1], as fit does
+            inputs, targets = inputs.to(device), targets.to(device)
+            finite = torch.isfinite(inputs.flatten(1)).all(1)  # checked after the host read
             logits = model(inputs)
             if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
                 got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)
@@ -150,12 +176,17 @@ def _accumulate(model: nn.Module, batches: Batches) -> tuple[torch.Tensor, torch
             bins = torch.where(valid, safe * num_classes + predicted, num_classes**2)
             counts.index_add_(0, bins, torch.ones_like(bins, dtype=acc_dtype))
             loss = F.cross_entropy(logits, safe, reduction="none")
-            rows.append(torch.stack([loss, predicted, probability, safe], 1).to(acc_dtype))
+            columns = [loss, predicted, probability, safe, finite]
+            rows.append(torch.stack(columns, 1).to(acc_dtype))
     if counts is None:
         raise ValueError("Invalid value for argument `data`: it holds no samples.")
     packed = torch.cat([counts, torch.cat(rows).flatten()]).cpu()  # the one host read
     invalid = int(packed[num_classes**2])
-    return packed, packed[num_classes**2 + 1 :].reshape(-1, 4), num_classes, invalid
+    per_sample = packed[num_classes**2 + 1 :].reshape(-1, 5)
+    bad = np.flatnonzero(per_sample[:, 4].numpy() == 0)  # on the host already
+    if len(bad):
+        raise nonfinite_error("data", [int(i) for i in bad])
+    return packed, per_sample, num_classes, invalid
 
 
 class Interpretation:
@@ -348,9 +379,30 @@ class Interpretation:
             ax.set_title(f"true {true}, pred {pred}\np={prob:.2f}, loss {loss:.2f}", fontsize=8)
         return fig
 
+    @property
+    def accuracy(self) -> float:
+        """The share of samples whose predicted class is the true one."""
+        return float(self.confusion.diagonal().sum()) / max(int(self.confusion.sum()), 1)
+
     def __repr__(self) -> str:
-        accuracy = float(self.confusion.diagonal().sum()) / max(int(self.confusion.sum()), 1)
         return (
             f"Interpretation(samples={len(self.losses)}, classes={len(self.classes)}, "
-            f"accuracy={accuracy:.4f})"
+            f"accuracy={self.accuracy:.4f})"
+        )
+
+    def _repr_html_(self) -> str:
+        confused = self.most_confused()[:5]
+        footer = [
+            "Most confused (true → predicted, count): "
+            + ", ".join(f"{t} → {p} ({n})" for t, p, n in confused)
+        ]
+        caption = (
+            f"Interpretation: {len(self.losses)} samples, {len(self.classes)} classes, "
+            f"accuracy {self.accuracy:.4f}"
+        )
+        return html_table(
+            ("class", "precision", "recall", "support"),
+            self.per_class()._rows(),
+            caption=caption,
+            footer=footer if confused else (),
         )

@@ -1,9 +1,7 @@
-"""matplotlib for ``convkit.viz``: imported only when a figure is drawn.
+"""Panels and images for ``convkit.viz``, on the figures of ``convkit.utils.figures``.
 
 matplotlib is the optional ``plot`` extra; importing ``convkit`` or ``convkit.viz``
 works without it, and drawing without it raises an ``ImportError`` naming the extra.
-Figures are ``matplotlib.figure.Figure`` objects made without ``pyplot``, so no global
-figure state is touched and nothing is shown or saved unless the caller asks.
 """
 
 from __future__ import annotations
@@ -17,21 +15,9 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["INSTALL_HINT", "grid_figure", "mosaic", "new_figure", "show_image"]
+from ..utils.figures import new_figure
 
-INSTALL_HINT = 'pip install "torch-convkit[plot]"'
-
-
-def new_figure(caller: str, figsize: tuple[float, float]) -> Figure:
-    """An empty figure with constrained layout; ImportError naming the extra without it."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError as err:
-        raise ImportError(
-            f"{caller} needs matplotlib, which is not installed. Install convkit's 'plot' "
-            f"extra: {INSTALL_HINT}."
-        ) from err
-    return Figure(figsize=figsize, layout="constrained")
+__all__ = ["grid_figure", "mosaic", "new_figure", "show_image"]
 
 
 def grid_figure(
