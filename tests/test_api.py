@@ -189,6 +189,7 @@ def test_signatures_are_the_documented_ones() -> None:
         "resume_from": None,
         "nan_guard": True,
         "sync_batchnorm": False,
+        "on_interrupt": "raise",
     }
     runtime = [("precision", kw, "32"), ("memory_format", kw, "auto"), ("data_on_device", kw, None)]
     assert _params(convkit.evaluate)[2:] == [

@@ -332,7 +332,7 @@ def test_ctrl_c_keeps_the_clean_checkpoint_and_writes_a_separate_file(
     ctrl_c = CtrlC(epoch=3)
     every_epoch = ModelCheckpoint(tmp_path / "ep{epoch}.pt")
     history = fit(tiny_cnn(), small_data, epochs=5, batch_size=100, progress=False,
-                  device="cpu", callbacks=[every_epoch, ctrl_c])  # fmt: skip
+                  device="cpu", callbacks=[every_epoch, ctrl_c], on_interrupt="return")  # fmt: skip
     assert history.interrupted and len(history) == 2
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["ep1.pt", "ep2.interrupted.pt", "ep2.pt"]
@@ -424,7 +424,8 @@ class _Poison(Callback):
 def test_ctrl_c_in_the_first_epoch_names_missing_metrics_nan(small_data, tmp_path: Path) -> None:
     saver = ModelCheckpoint(tmp_path / "m-{epoch:02d}-{val_loss:.2f}.pt")
     history = fit(tiny_cnn(), small_data, epochs=3, batch_size=100, val_data=small_data,
-                  progress=False, device="cpu", callbacks=[saver, CtrlC(epoch=1)])  # fmt: skip
+                  progress=False, device="cpu", callbacks=[saver, CtrlC(epoch=1)],
+                  on_interrupt="return")  # fmt: skip
     assert history.interrupted and len(history) == 0
     assert [p.name for p in tmp_path.iterdir()] == ["m-00-nan.interrupted.pt"]
     assert (

@@ -219,7 +219,10 @@ def test_resume_from_missing_file(small_data) -> None:
 
 
 @pytest.mark.slow
-def test_ctrl_c_returns_history_and_writes_checkpoint(tmp_path: Path) -> None:
+@pytest.mark.parametrize("on_interrupt", ["raise", "return"])
+def test_ctrl_c_writes_the_checkpoint_then_ends_the_script_or_returns(
+    tmp_path: Path, on_interrupt: str
+) -> None:
     ckpt = tmp_path / "run.pt"
     code = f"""
         import json, signal, torch
@@ -240,7 +243,8 @@ def test_ctrl_c_returns_history_and_writes_checkpoint(tmp_path: Path) -> None:
         model = build_cnn((1, 28, 28), 10, channels=(8,), hidden=())
         history = fit(model, mnist_sample(), epochs=1000, device="cpu", progress=True,
                       callbacks=[Announce(), ModelCheckpoint({str(ckpt)!r}, every_n_epochs=1000),
-                                 Ended()])
+                                 Ended()], on_interrupt={on_interrupt!r})
+        print("CARRIED ON", flush=True)
         out = predict(model, mnist_sample(False).tensors[0][:4])
         print(json.dumps({{"interrupted": history.interrupted, "epochs": len(history),
                            "finite": bool(torch.isfinite(out).all()), "train": model.training}}))
@@ -258,14 +262,20 @@ def test_ctrl_c_returns_history_and_writes_checkpoint(tmp_path: Path) -> None:
         out, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
-    assert proc.returncode == 0, err
-    result = json.loads(out.strip().splitlines()[-1])
     completed = sum(line.startswith("EPOCH") for line in [*seen, *out.splitlines()])
-    assert result == {"interrupted": True, "epochs": completed, "finite": True, "train": True}
-    assert "TRAIN_END True" in out
+    assert "TRAIN_END True" in out  # the callbacks saved the interrupted state first
     assert not ckpt.exists()  # every_n_epochs=1000: no end-of-epoch file; the clean name stays free
     payload = load_checkpoint(tmp_path / "run.interrupted.pt")
     assert payload["interrupted"] is True and payload["epoch"] == completed
+    if on_interrupt == "raise":  # the script ends, as on any Ctrl-C: nothing after fit runs
+        assert proc.returncode in (130, -signal.SIGINT), (proc.returncode, err)
+        assert "CARRIED ON" not in out
+        assert "KeyboardInterrupt: Training was interrupted (Ctrl-C)" in err
+        assert f"{completed} epoch(s) finished" in err
+        return
+    assert proc.returncode == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result == {"interrupted": True, "epochs": completed, "finite": True, "train": True}
     assert "Interrupted during epoch" in out
     assert "Traceback" not in err
 

@@ -208,3 +208,57 @@ def test_world_size_without_torchrun_is_refused_before_any_work(
 def test_timeout_is_checked(timeout: object, error: type[Exception]) -> None:
     with pytest.raises(error, match=rf"`timeout`.*Received timeout={timeout!r}"):
         setup_distributed(timeout=timeout)  # type: ignore[arg-type]
+
+
+def _launch_stop_worker(out: Path, mode: str) -> list[dict]:  # type: ignore[type-arg]
+    """Both ranks of ``ddp_stop_worker.py``; a hang fails the test after 120 s."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "OMP_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
+    out.mkdir(exist_ok=True)
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        str(HERE / "ddp_stop_worker.py"), str(out), mode,
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        _, stderr = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _, stderr = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            _, stderr = proc.communicate()
+        pytest.fail(f"{mode}: the ranks hung for 120 s: {stderr[-3000:]}")
+    assert proc.returncode == 0, stderr[-3000:]
+    return [json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+
+
+@pytest.mark.slow
+def test_ranks_with_different_data_are_refused_on_every_rank_instead_of_hanging(
+    tmp_path: Path,
+) -> None:
+    reports = _launch_stop_worker(tmp_path, "uneven")
+    for report in reports:
+        assert "epochs" not in report  # refused before any training
+        assert "`train_data`" in report["error"]
+        assert "between 120 and 200" in report["error"]
+        assert "the same data on every rank" in report["error"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_one_rank_stops_every_rank_with_a_consistent_checkpoint(
+    tmp_path: Path,
+) -> None:
+    reports = _launch_stop_worker(tmp_path, "sigint")
+    for report in reports:  # both stopped after epoch 2, which every rank finished
+        assert (report["epochs"], report["interrupted"]) == (2, True), report
+        assert report["files"] == ["ep1.pt", "ep2.interrupted.pt", "ep2.pt"]
+        assert report["last_epoch"] == 2  # the last clean checkpoint loads on every rank

@@ -15,7 +15,14 @@ from torch import nn
 
 import convkit.train.distributed
 import convkit.train.run
-from convkit import Callback, NonFiniteLossError, build_cnn, evaluate, fit, predict
+from convkit import (
+    Callback,
+    NonFiniteLossError,
+    build_cnn,
+    evaluate,
+    fit,
+    predict,
+)
 
 CPU = {"device": "cpu", "progress": False}
 
@@ -399,13 +406,36 @@ def test_ctrl_c_stops_on_a_consistent_state(small_data) -> None:
 
     handler = signal.getsignal(signal.SIGINT)
     history = fit(model, small_data, epochs=4, batch_size=100, scheduler=make,
-                  callbacks=[CtrlC(epoch=2, batch=1), recorder], **CPU)  # fmt: skip
+                  callbacks=[CtrlC(epoch=2, batch=1), recorder], on_interrupt="return",
+                  **CPU)  # fmt: skip
     assert history.interrupted
     assert len(history) == 1  # epoch 2 was not completed, so not recorded
     assert recorder.ends == [1]  # on_train_end sees the last completed epoch
     assert holder["sched"].last_epoch == 1  # stepped once, after epoch 1: consistent
     assert len(recorder.lrs) == 3 + 2  # stopped right after the batch the signal came in
     assert signal.getsignal(signal.SIGINT) is handler
+
+
+def test_ctrl_c_raises_after_the_callbacks_saved_the_state(small_data) -> None:
+    """By default Ctrl-C ends fit with a KeyboardInterrupt, as Keras and Lightning do."""
+    recorder = Recorder()
+    model = plain_cnn()
+    with pytest.raises(KeyboardInterrupt, match=r"during epoch 2; 1 epoch\(s\) finished") as err:
+        fit(model, small_data, epochs=4, batch_size=100,
+            callbacks=[CtrlC(epoch=2, batch=1), recorder], **CPU)  # fmt: skip
+    assert type(err.value) is KeyboardInterrupt  # a subclass would exit a script with 1, not 130
+    assert recorder.ends == [1]  # on_train_end ran before the interrupt went on
+    assert err.value.history.interrupted and len(err.value.history) == 1
+
+
+def test_on_interrupt_is_checked_before_any_work(small_data) -> None:
+    model = plain_cnn()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"`on_interrupt`. Expected one of 'raise', 'return'"):
+        fit(model, small_data, epochs=1, on_interrupt="ignore", **CPU)
+    with pytest.raises(TypeError, match=r"`on_interrupt`"):
+        fit(model, small_data, epochs=1, on_interrupt=True, **CPU)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def test_second_ctrl_c_raises_keyboard_interrupt(small_data) -> None:

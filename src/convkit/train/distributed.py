@@ -192,6 +192,26 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return bool(tensor.item())
 
 
+def check_same_length(name: str, length: int, device: torch.device) -> None:
+    """Refuse, on every rank alike, data whose number of samples differs between ranks.
+
+    ``fit`` shards the data itself, so every rank must pass the same data; ranks with
+    different numbers of samples would train different numbers of batches, and the rank
+    with more would wait forever in its next collective. ``length`` is -1 where the
+    data has no length (an ``IterableDataset``), which is not checked.
+    """
+    lengths = torch.tensor([length, -length], dtype=torch.int64, device=device)
+    dist.all_reduce(lengths, op=dist.ReduceOp.MAX)
+    longest, shortest = int(lengths[0]), -int(lengths[1])
+    if shortest >= 0 and longest != shortest:
+        raise ValueError(
+            f"Invalid value for argument `{name}`: this rank (rank {dist.get_rank()}) has "
+            f"{length} samples, and the ranks hold between {shortest} and {longest}. "
+            "Pass the same data on every rank: fit gives each rank its own shard of it "
+            "(DistributedSampler), so that every rank trains the same number of batches."
+        )
+
+
 def sync_buffers(model: nn.Module) -> None:
     """Give every rank the same buffers: floating ones averaged, others rank 0's.
 

@@ -108,6 +108,7 @@ def fit(
     resume_from: str | os.PathLike[str] | None = None,
     nan_guard: bool = True,
     sync_batchnorm: bool = False,
+    on_interrupt: str = "raise",
 ) -> History:
     """Train ``model`` on ``train_data`` for ``epochs`` epochs.
 
@@ -221,6 +222,14 @@ def fit(
             that batch; ``False`` keeps the loop free of host syncs.
         sync_batchnorm: Convert BatchNorm layers to ``SyncBatchNorm`` (distributed CUDA
             runs), so that statistics are computed over the global batch.
+        on_interrupt: What Ctrl-C does once the interrupted state is saved (the
+            callbacks' ``on_train_end`` runs first, so ``ModelCheckpoint`` writes its
+            interrupted file): ``"raise"`` (default, as Keras and Lightning end a
+            script) raises ``KeyboardInterrupt``, whose ``.history`` holds the
+            ``History`` of the finished epochs; ``"return"`` returns the
+            ``History`` (``history.interrupted`` is then ``True``), for Jupyter. A second
+            Ctrl-C stops at once. Distributed, a Ctrl-C on any rank stops every rank at
+            the end of the epoch.
 
     Distributed training: launched with ``torchrun`` (``WORLD_SIZE`` > 1), ``fit``
     initialises the default process group if needed (NCCL on CUDA, Gloo on the CPU),
@@ -264,6 +273,7 @@ def fit(
     """
     # ---- every check before any work
     check_module("model", model)
+    check_choice("on_interrupt", on_interrupt, ("raise", "return"))
     epochs = check_positive_int("epochs", epochs)
     batch_size = check_positive_int("batch_size", batch_size)
     check_finite_float("lr", lr, strict=True)
@@ -345,7 +355,9 @@ def fit(
         opt = make_optimizer(optimizer, model, lr, weight_decay)
         sched = build_scheduler(scheduler, opt)
         net = wrap_model(model, ctx, dev, compile=compile)
-        options = LoopOptions(grad_clip, nan_guard, drop_last, scheduler_interval, progress)
+        options = LoopOptions(
+            grad_clip, nan_guard, drop_last, scheduler_interval, progress, on_interrupt
+        )
         run = build_run(
             model,
             net,

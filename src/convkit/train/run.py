@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 from tqdm.std import tqdm
 
 from ..checkpoints import resume
@@ -409,9 +410,10 @@ def run_epoch(
                 weight = counted.item() if counted is not None else count
                 running = loss_sum.item() / weight if weight else float("nan")
                 bar.set_postfix(loss=f"{running:.4f}", refresh=False)
-        # distributed, a stop is agreed on by every rank at the end of the epoch instead
+        # distributed, a stop and a Ctrl-C are agreed on by every rank at the end of the
+        # epoch instead: a rank that left the epoch early would leave the others waiting
         stop = step is not None and step.state is not None and step.state.stop_training
-        if step is not None and (step.interrupt.raised or (stop and not all_reduce)):
+        if step is not None and not all_reduce and (step.interrupt.raised or stop):
             break
     return _reduce(loss_sum, counted, stats, count, metrics, name, all_reduce)
 
@@ -588,6 +590,7 @@ class Run:
     per_batch: bool
     show: bool
     distributed: bool
+    on_interrupt: str = "raise"
 
 
 def _bar_class() -> type[tqdm[Any]]:
@@ -633,7 +636,7 @@ def _epoch(run: Run, epoch: int) -> dict[str, float]:
             all_reduce=run.distributed,
             history=history,
         )
-    if run.step.interrupt.raised:
+    if run.step.interrupt.raised and not run.distributed:  # distributed: the epoch ends
         return logs
     if run.distributed:
         sync_buffers(run.model)  # e.g. BatchNorm statistics: the same model on every rank
@@ -689,7 +692,9 @@ def _epochs(run: Run, start_epoch: int) -> None:
         start = time.perf_counter()
         lr = current_lr(run.step.optimizer)
         logs = _epoch(run, epoch)
-        if interrupt.raised:  # mid-epoch: the epoch is not recorded
+        if run.distributed:  # a Ctrl-C on any rank stops every rank, after this epoch
+            interrupt.raised = any_rank(interrupt.raised, run.runtime.device)
+        elif interrupt.raised:  # mid-epoch: the epoch is not recorded
             raise KeyboardInterrupt
         seconds = time.perf_counter() - start
         history.append(epoch, logs, seconds, lr=lr)
@@ -717,16 +722,32 @@ def train(run: Run, start_epoch: int) -> None:
         except HardInterrupt:
             raise
         except KeyboardInterrupt:
-            # Ctrl-C: stop at this batch, keep everything learned, and return normally.
+            # Ctrl-C: stop at this batch and keep everything learned; the callbacks save
+            # the interrupted state before the interrupt goes on to the caller.
             history.interrupted = state.interrupted = True
             state.epoch = history.epochs[-1]["epoch"] if history.epochs else start_epoch - 1
             logger.info("fit interrupted by the user during epoch %d", state.epoch + 1)
-            if run.show:
-                tqdm.write(
-                    f"Interrupted during epoch {state.epoch + 1}; returning the History so far."
-                )
         for callback in run.step.callbacks:
             callback.on_train_end(state)
+    if history.interrupted:
+        _after_interrupt(run)
+
+
+def _after_interrupt(run: Run) -> None:
+    """Say what happened to an interrupted run, then end ``fit`` as ``on_interrupt`` says."""
+    epoch = run.state.epoch + 1
+    if run.on_interrupt == "return":
+        if run.show:
+            tqdm.write(f"Interrupted during epoch {epoch}; returning the History so far.")
+        return
+    # Exactly KeyboardInterrupt (a subclass would make Python exit with status 1, not 130)
+    interrupt = KeyboardInterrupt(
+        f"Training was interrupted (Ctrl-C) during epoch {epoch}; {run.state.epoch} epoch(s) "
+        "finished and the model keeps what it learned. The exception's .history holds "
+        'their History; pass fit(on_interrupt="return") to get it returned instead.'
+    )
+    interrupt.history = run.state.history  # type: ignore[attr-defined]
+    raise interrupt
 
 
 # -------------------- _setup --------------------
@@ -800,6 +821,18 @@ def resume_run(path: Any, run: Run, generator: torch.Generator) -> int:
     return int(payload["epoch"] or 0) + 1
 
 
+def _sample_count(data: Any) -> int:
+    """The number of samples of any form of ``data``; -1 where it has no length."""
+    if isinstance(data, DataLoader):
+        data = data.dataset
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        data = data[0]
+    try:
+        return len(data)
+    except TypeError:  # an IterableDataset
+        return -1
+
+
 def prepare_data(
     model: nn.Module,
     train_data: Any,
@@ -818,6 +851,10 @@ def prepare_data(
 ) -> tuple[torch.Generator, Batches, Batches | None]:
     """The shuffling generator and the training and validation batches, checked."""
     dev = runtime.device
+    if ctx is not None:  # before any collective that a rank with other data would skip
+        _distributed.check_same_length("train_data", _sample_count(train_data), dev)
+        if val_data is not None:
+            _distributed.check_same_length("val_data", _sample_count(val_data), dev)
     # A resumed run's generator state comes from the checkpoint: drawing a seed from the
     # global RNG would change it before the checkpoint is checked.
     shuffle_seed = draw_shuffle_seed(0 if seed is None and resuming else seed, ctx, dev)
@@ -879,6 +916,7 @@ class LoopOptions:
     drop_last: bool | None
     scheduler_interval: str | None
     progress: bool
+    on_interrupt: str = "raise"
 
 
 def build_run(
@@ -940,6 +978,7 @@ def build_run(
         per_batch,
         options.progress and state.is_main,
         ctx is not None,
+        options.on_interrupt,
     )
 
 
