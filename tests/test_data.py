@@ -180,9 +180,9 @@ def test_hwc_images_get_a_message_to_permute_the_data() -> None:
     images, labels = torch.rand(20, 32, 32, 3), torch.randint(0, 10, (20,))
     with pytest.raises(
         ValueError,
-        match=r"`train_data`: inputs of shape \(20, 32, 32, 3\) look like channels-last images "
-        r"\(N, H, W, C\); the model takes \(N, 3, 32, 32\)\. Permute the data, not the model: "
-        r"inputs\.permute\(0, 3, 1, 2\)",
+        match=r"`train_data`: inputs of shape \(20, 32, 32, 3\) don't match the model's "
+        r"input_shape \(3, 32, 32\); expected \(N, 3, 32, 32\)\. They look like channels-last "
+        r"images \(N, H, W, C\)\. Permute the data, not the model: inputs\.permute\(0, 3, 1, 2\)",
     ):
         fit(model, (images, labels), **CPU)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

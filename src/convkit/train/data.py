@@ -30,6 +30,7 @@ from torch.utils.data import (
     DistributedSampler,
     IterableDataset,
     TensorDataset,
+    default_collate,
 )
 
 from ..utils.probe import infer_output_shape
@@ -419,6 +420,22 @@ def split_rows(data: Any, fraction: float, seed: int) -> tuple[torch.Tensor, tor
     return order[n_val:].sort().values, order[:n_val].sort().values
 
 
+def _check_collatable(name: str, dataset: Any) -> None:
+    """Refuse a dataset whose samples hold images that ``default_collate`` can't batch."""
+    try:
+        sample = dataset[0]
+    except (IndexError, KeyError, TypeError):  # not indexable by position: batched as it is
+        return
+    for item in sample if isinstance(sample, (tuple, list)) else (sample,):
+        if type(item).__module__.startswith("PIL."):
+            raise TypeError(
+                f"Invalid data in `{name}`: the dataset returns PIL images "
+                f"({type(item).__name__}), which can't be batched. Turn them into tensors in "
+                "the dataset's transform: transforms.ToTensor() (scaled to [0, 1]) or "
+                "transforms.Compose([..., transforms.ToTensor()]) in torchvision."
+            )
+
+
 def make_batches(data: Any, spec: Batching) -> TensorBatches | LoaderBatches:
     """Pick the batching path for ``data`` and check it isn't empty or malformed."""
     name, shard, shuffle, seed = spec.name, spec.shard, spec.shuffle, spec.seed
@@ -480,10 +497,45 @@ def make_batches(data: Any, spec: Batching) -> TensorBatches | LoaderBatches:
         raise ValueError(
             f"Invalid value for argument `{name}`: the dataset is empty. Pass at least one sample."
         )
+    # in the main process only: with workers, the samples are never loaded here
+    map_style = not isinstance(loader.dataset, IterableDataset)
+    if loader.collate_fn is default_collate and map_style and loader.num_workers == 0:
+        _check_collatable(name, loader.dataset)
     return LoaderBatches(loader, spec)
 
 
 # -------------------- _data_check --------------------
+def shape_advice(shape: tuple[int, ...], input_shape: tuple[int, ...]) -> str:
+    """The fix for inputs of ``shape`` (batch first) that a model of ``input_shape`` refuses.
+
+    Each suggestion, applied, gives inputs of the model's shape: a missing channel axis
+    is added, channels-last images are permuted; only a shape that a model can be built
+    for (channels and 1 to 3 spatial dimensions) is offered as the model's input_shape.
+    """
+    channels, *size = input_shape
+    sample = shape[1:]
+    if shape == (*size, channels) and len(input_shape) == 3:
+        return (
+            "It looks like one channels-last image (H, W, C): permute it, not the model: "
+            "image.permute(2, 0, 1) (NumPy: image.transpose(2, 0, 1))."
+        )
+    if len(sample) == len(input_shape) == 3 and sample == (*size, channels):
+        return (
+            "They look like channels-last images (N, H, W, C). Permute the data, not the "
+            "model: inputs.permute(0, 3, 1, 2) (NumPy: x.transpose(0, 3, 1, 2))."
+        )
+    if channels == 1 and sample == tuple(size):
+        return (
+            "They have no channel axis; add it: x[:, None] (NumPy: x[:, None] or "
+            "np.expand_dims(x, 1))."
+        )
+    if channels == 1 and shape == tuple(size):
+        return "It looks like one sample without its channel axis; add it: x[None]."
+    if 2 <= len(sample) <= 4:
+        return f"Reshape the data or build the model for input_shape={sample}."
+    return "Reshape the data to the model's input_shape."
+
+
 def check_finite(name: str, inputs: torch.Tensor) -> None:
     """Refuse inputs holding NaN or inf, naming how many samples and the first one."""
     if not inputs.is_floating_point() or inputs.numel() == 0:
@@ -547,19 +599,11 @@ class DataCheck:
             self._check_finite(inputs)
         sample = tuple(inputs.shape[1:])
         if self.input_shape is not None and not takes_sample_shape(self.model, sample):
-            channels, *size = self.input_shape
-            if len(sample) == len(self.input_shape) == 3 and sample == (*size, channels):
-                raise ValueError(
-                    f"Invalid data in `{self.name}`: inputs of shape {tuple(inputs.shape)} look "
-                    f"like channels-last images (N, H, W, C); the model takes (N, "
-                    f"{', '.join(map(str, self.input_shape))}). Permute the data, not the model: "
-                    "inputs.permute(0, 3, 1, 2) (NumPy: x.transpose(0, 3, 1, 2))."
-                )
             raise ValueError(
-                f"Invalid data in `{self.name}`: inputs of shape {tuple(inputs.shape)} don't match "
-                f"the model's input_shape {self.input_shape}; expected (N, "
-                f"{', '.join(map(str, self.input_shape))}). Reshape the data or build the model "
-                f"for input_shape={tuple(inputs.shape[1:])}."
+                f"Invalid data in `{self.name}`: inputs of shape {tuple(inputs.shape)} don't "
+                f"match the model's input_shape {self.input_shape}; expected (N, "
+                f"{', '.join(map(str, self.input_shape))}). "
+                + shape_advice(tuple(inputs.shape), self.input_shape)
             )
         if targets is None or targets.is_floating_point() or targets.dim() != 1:
             return

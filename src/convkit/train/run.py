@@ -45,7 +45,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Sequence, Sized
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from types import FrameType
@@ -561,7 +561,16 @@ def setup_task(
             "(inputs, targets) pairs."
         )
     outputs = probe_outputs(model, inputs, runtime)
-    spec = infer_task(task, outputs, targets, loss)
+    try:
+        spec = infer_task(task, outputs, targets, loss)
+    except ValueError as err:
+        given = batches.targets if isinstance(batches, TensorBatches) else None
+        if given is None or given.dtype == targets.dtype:
+            raise
+        raise ValueError(  # the message names the converted dtype; say what was passed
+            f"{err} (The targets were passed as {given.dtype}; fit converts float targets "
+            f"to the model's {targets.dtype}.)"
+        ) from None
     loss_fn = loss if loss is not None else default_loss(spec)
     metrics = bind_metrics(requests, spec, outputs, targets, accumulator_dtype(runtime.device))
     return TaskSetup(spec, loss_fn, metrics, requests, inferred=task == "auto")
@@ -821,6 +830,31 @@ def resume_run(path: Any, run: Run, generator: torch.Generator) -> int:
     return int(payload["epoch"] or 0) + 1
 
 
+def _check_trains_something(
+    model: nn.Module, train: Batches, batch_size: int, drop_last: bool | None
+) -> None:
+    """Refuse training data that would leave no batch to train on, saying why."""
+    samples: int | None = None
+    if isinstance(train, TensorBatches):
+        samples = train.num_samples
+    elif isinstance(train.loader.dataset, Sized):
+        samples = len(train.loader.dataset)
+    if samples == 1 and has_batchnorm(model) and drop_last is not False:
+        raise ValueError(
+            "Invalid value for argument `train_data`: it holds 1 sample, and the model's "
+            "BatchNorm layers can't train on a batch of one sample, so fit skips that batch "
+            "and nothing is left to train on. To overfit one sample, repeat it: "
+            "(torch.cat([x, x]), torch.cat([y, y])); or build the model without BatchNorm "
+            "(build_cnn(..., norm=None, head_norm=None))."
+        )
+    if isinstance(train, TensorBatches) and len(train) == 0:
+        raise ValueError(
+            f"Invalid value for argument `drop_last`: drop_last=True drops every incomplete "
+            f"batch, and train_data's {samples} samples make no full batch of "
+            f"batch_size={batch_size}. Pass drop_last=None or a batch_size of at most {samples}."
+        )
+
+
 def _sample_count(data: Any) -> int:
     """The number of samples of any form of ``data``; -1 where it has no length."""
     if isinstance(data, DataLoader):
@@ -901,6 +935,7 @@ def prepare_data(
             "the model's BatchNorm layers can't train on one sample. Use drop_last=None "
             "(skips just that batch), drop_last=True, or another batch_size."
         )
+    _check_trains_something(model, train, batch_size, drop_last)
     val = make_checked_batches(model, val_data, val_spec, loss) if val_data is not None else None
     if isinstance(val, LoaderBatches):
         first_batch(val)  # checked now, not after the first epoch (drawing no randomness)

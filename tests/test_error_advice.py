@@ -1,0 +1,102 @@
+"""Errors whose suggested fix is right: each test reads the advice in the message, follows
+it, and checks that the run then works."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from convkit import build_cnn, fit, predict
+
+CPU = {"device": "cpu", "progress": False, "epochs": 1}
+
+
+def test_1d_inputs_without_a_channel_axis_get_x_none() -> None:
+    torch.manual_seed(0)
+    model = build_cnn((1, 128), 3, channels=(4,), hidden=())
+    x, y = torch.randn(64, 128), torch.arange(64) % 3
+    with pytest.raises(ValueError, match=r"no channel axis; add it: x\[:, None\]") as err:
+        fit(model, (x, y), **CPU)
+    assert "input_shape=(128,)" not in str(err.value)  # build_cnn((128,), 3) is refused
+    with pytest.raises(ValueError, match=r"`input_shape`. Expected 2, 3 or 4"):
+        build_cnn((128,), 3)
+    assert len(fit(model, (x[:, None], y), **CPU)) == 1  # the advice works
+
+
+def test_keras_style_uint8_images_get_x_none_not_a_1d_model() -> None:
+    torch.manual_seed(0)
+    model = build_cnn((1, 28, 28), 10, channels=(4,), hidden=())
+    x = np.random.default_rng(0).integers(0, 256, (64, 28, 28), dtype=np.uint8)
+    y = np.arange(64) % 10
+    with pytest.raises(ValueError, match=r"no channel axis; add it: x\[:, None\]") as err:
+        fit(model, (x, y), **CPU)
+    assert "input_shape=(28, 28)" not in str(err.value)
+    assert len(fit(model, (x[:, None], y), **CPU)) == 1
+
+
+def test_one_channels_last_image_gets_permute_for_predict() -> None:
+    torch.manual_seed(0)
+    model = build_cnn((1, 28, 28), 10, channels=(4,), hidden=())
+    image = torch.rand(28, 28, 1)
+    with pytest.raises(ValueError, match=r"one channels-last image .*image\.permute\(2, 0, 1\)"):
+        predict(model, image)
+    assert predict(model, image.permute(2, 0, 1)).shape == (10,)
+
+
+class PILDigits(Dataset):  # a dataset that forgot transforms.ToTensor()
+    def __init__(self, transform=None) -> None:  # type: ignore[no-untyped-def]
+        from convkit import mnist_sample
+
+        self.x, self.y = mnist_sample().tensors
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return 64
+
+    def __getitem__(self, i: int):  # type: ignore[no-untyped-def]
+        from PIL import Image
+
+        image = Image.fromarray((self.x[i, 0] * 255).byte().numpy())
+        return (self.transform(image) if self.transform else image), int(self.y[i])
+
+
+def test_a_dataset_of_pil_images_names_the_transform() -> None:
+    transforms = pytest.importorskip("torchvision.transforms")
+    torch.manual_seed(0)
+    model = build_cnn((1, 28, 28), 10, channels=(4,), hidden=())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(TypeError, match=r"returns PIL images .*transforms\.ToTensor\(\)"):
+        fit(model, PILDigits(), **CPU)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert len(fit(model, PILDigits(transforms.ToTensor()), **CPU)) == 1
+
+
+def test_one_sample_with_batchnorm_says_why_and_what_to_pass() -> None:
+    torch.manual_seed(0)
+    model = build_cnn((1, 28, 28), 10, channels=(4,), hidden=(8,), head_norm="batch")
+    x, y = torch.rand(1, 1, 28, 28), torch.tensor([3])
+    with pytest.raises(ValueError, match=r"1 sample, and the model's BatchNorm .*torch\.cat"):
+        fit(model, (x, y), **CPU)
+    history = fit(model, (torch.cat([x, x]), torch.cat([y, y])), **{**CPU, "epochs": 20})
+    assert history["loss"][-1] < history["loss"][0]  # the overfit-one-batch check works
+
+
+def test_drop_last_that_leaves_no_batch_says_so() -> None:
+    torch.manual_seed(0)
+    model = build_cnn((1, 28, 28), 10, channels=(4,), hidden=())
+    x, y = torch.rand(10, 1, 28, 28), torch.arange(10)
+    with pytest.raises(ValueError, match=r"10 samples make no full batch of batch_size=128"):
+        fit(model, (x, y), drop_last=True, **CPU)
+    assert len(fit(model, (x, y), drop_last=True, batch_size=10, **CPU)) == 1
+
+
+def test_float64_numpy_labels_are_reported_with_their_own_dtype() -> None:
+    torch.manual_seed(0)
+    model = build_cnn((1, 28, 28), 10, channels=(4,), hidden=())
+    x = np.random.default_rng(0).random((64, 1, 28, 28), dtype=np.float32)
+    y = (np.arange(64) % 10).astype(np.float64)
+    with pytest.raises(ValueError, match=r"pass targets\.long\(\).*passed as torch\.float64"):
+        fit(model, (x, y), **CPU)
+    assert len(fit(model, (x, y.astype(np.int64)), **CPU)) == 1
