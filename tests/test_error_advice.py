@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from torch.utils.data import Dataset
 
 from convkit import build_cnn, fit, predict
@@ -100,3 +101,112 @@ def test_float64_numpy_labels_are_reported_with_their_own_dtype() -> None:
     with pytest.raises(ValueError, match=r"pass targets\.long\(\).*passed as torch\.float64"):
         fit(model, (x, y), **CPU)
     assert len(fit(model, (x, y.astype(np.int64)), **CPU)) == 1
+
+
+# ------------------------------------------- raw torch errors that become clear, up front
+
+
+class Segmenter(nn.Module):
+    """Per-pixel scores (N, 3, H, W) for 3 classes, no input_shape attribute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _same(model: nn.Module, before: dict[str, torch.Tensor]) -> bool:
+    return all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_segmentation_label_outside_the_classes_is_refused_before_training() -> None:
+    torch.manual_seed(0)
+    model, x = Segmenter(), torch.rand(8, 1, 8, 8)
+    labels = torch.randint(0, 3, (8, 8, 8))
+    labels[5, 2, 2] = 4
+    before = _weights(model)
+    with pytest.raises(ValueError, match=r"target 4 is outside \[0, 3\) for a model with 3"):
+        fit(model, (x, labels), **CPU)
+    assert _same(model, before)
+    assert len(fit(model, (x, labels.clamp(max=2)), **CPU)) == 1
+
+
+@pytest.mark.parametrize(
+    ("loss", "message"),
+    [
+        (nn.CrossEntropyLoss(reduction="none"), r"returns \(8,\) for a batch, not one number"),
+        (nn.ReLU(), r"ReLU\(\) fails on the first batch as loss\(outputs, targets\)"),
+    ],
+)
+def test_a_loss_that_cannot_train_is_refused_before_training(loss: nn.Module, message: str) -> None:
+    torch.manual_seed(0)
+    model = build_cnn((1, 8, 8), 3, channels=(4,), hidden=())
+    before = _weights(model)
+    with pytest.raises(ValueError, match=message):
+        fit(model, (torch.rand(8, 1, 8, 8), torch.arange(8) % 3), loss=loss, **CPU)
+    assert _same(model, before)
+
+
+def test_a_model_with_nothing_to_train_is_refused() -> None:
+    torch.manual_seed(0)
+    data = (torch.rand(8, 1, 8, 8), torch.arange(8) % 3)
+    frozen = build_cnn((1, 8, 8), 3, channels=(4,), hidden=())
+    frozen.requires_grad_(False)
+    with pytest.raises(ValueError, match=r"`model`: all \d+ parameter tensors are frozen"):
+        fit(frozen, data, **CPU)
+    with pytest.raises(ValueError, match=r"`model`: it has no parameters"):
+        fit(nn.Sequential(nn.Flatten(), nn.Identity()), data, **CPU)
+    frozen.requires_grad_(True)
+    assert len(fit(frozen, data, **CPU)) == 1
+
+
+class Pair(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(64, 3)
+
+    def forward(self, x: torch.Tensor):  # type: ignore[no-untyped-def]
+        return self.linear(x.flatten(1)), x.mean()
+
+
+class Named(Pair):
+    def forward(self, x: torch.Tensor):  # type: ignore[no-untyped-def]
+        return {"logits": self.linear(x.flatten(1))}
+
+
+class Pick(nn.Module):
+    def __init__(self, key: object) -> None:
+        super().__init__()
+        self.key = key
+
+    def forward(self, outputs):  # type: ignore[no-untyped-def]
+        return outputs[self.key]
+
+
+@pytest.mark.parametrize(
+    ("model", "message", "key"),
+    [
+        (Pair(), r"returned a tuple of 2 items; .*returns outputs\[0\]", 0),
+        (Named(), r"returned a dict with keys \['logits'\]; .*outputs\['logits'\]", "logits"),
+    ],
+)
+def test_predict_on_a_model_returning_a_tuple_or_dict_says_how_to_wrap_it(
+    model: nn.Module, message: str, key: object
+) -> None:
+    x = torch.rand(5, 1, 8, 8)
+    with pytest.raises(TypeError, match=message):
+        predict(model, x, device="cpu")
+    assert predict(nn.Sequential(model, Pick(key)), x, device="cpu").shape == (5, 3)
+
+
+def test_inputs_on_the_meta_device_are_refused() -> None:
+    model = build_cnn((1, 8, 8), 3, channels=(4,), hidden=())
+    x = torch.empty(8, 1, 8, 8, device="meta")
+    with pytest.raises(ValueError, match=r"on the meta device, which holds shapes but no values"):
+        fit(model, (x, torch.arange(8) % 3), **CPU)

@@ -300,7 +300,9 @@ class NanLossAt:
 
 def test_non_finite_loss_error_is_typed(small_data) -> None:
     model = plain_cnn()
-    loss = NanLossAt(call=4)  # epochs of 3 batches: the 4th call is epoch 2, batch 1
+    # the set-up scores the first batch once (the loss check), then epochs of 3 batches:
+    # the 5th call is epoch 2, batch 1
+    loss = NanLossAt(call=5)
     with pytest.raises(NonFiniteLossError) as info:
         fit(model, small_data, epochs=2, batch_size=100, loss=loss, task="multiclass", **CPU)
     err = info.value

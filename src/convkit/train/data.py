@@ -582,6 +582,8 @@ class DataCheck:
         self.input_shape = model_input_shape(model)
         self.num_classes = model_num_classes(model)
         self._probed = self.num_classes is not None
+        self._output_shape: tuple[int, ...] | None = None
+        self._sample_shape: tuple[int, ...] = ()
         self._checked_finite = False
 
     def _check_finite(self, inputs: torch.Tensor) -> None:
@@ -589,6 +591,11 @@ class DataCheck:
         check_finite(self.name, inputs)
 
     def __call__(self, inputs: torch.Tensor, targets: torch.Tensor | None) -> None:
+        if inputs.device.type == "meta" or (targets is not None and targets.is_meta):
+            raise ValueError(
+                f"Invalid data in `{self.name}`: the tensors are on the meta device, which "
+                "holds shapes but no values. Pass real data, e.g. torch.rand(...) on the CPU."
+            )
         if not (inputs.is_floating_point() or inputs.dtype == torch.uint8):
             raise TypeError(
                 f"Invalid data in `{self.name}`: inputs have dtype {inputs.dtype}; the model "
@@ -597,7 +604,7 @@ class DataCheck:
             )
         if not self._checked_finite:
             self._check_finite(inputs)
-        sample = tuple(inputs.shape[1:])
+        sample = self._sample_shape = tuple(inputs.shape[1:])
         if self.input_shape is not None and not takes_sample_shape(self.model, sample):
             raise ValueError(
                 f"Invalid data in `{self.name}`: inputs of shape {tuple(inputs.shape)} don't "
@@ -605,15 +612,17 @@ class DataCheck:
                 f"{', '.join(map(str, self.input_shape))}). "
                 + shape_advice(tuple(inputs.shape), self.input_shape)
             )
-        if targets is None or targets.is_floating_point() or targets.dim() != 1:
+        if targets is None or targets.is_floating_point() or targets.dim() == 0:
             return
         if not self._probed:
             # Models without a num_classes attribute: one dry run (eval mode, no_grad,
-            # modes restored) to read the number of outputs.
+            # modes restored) to read the outputs' shape.
             self._probed = True
-            out = infer_output_shape(self.model, tuple(inputs.shape[1:]))
+            self._output_shape = infer_output_shape(self.model, tuple(inputs.shape[1:]))
+            out = self._output_shape
             self.num_classes = out[0] if len(out) == 1 else None
-        if self.num_classes is None or self.num_classes < 2 or targets.numel() == 0:
+        classes = self.num_classes if targets.dim() == 1 else self._map_classes(targets)
+        if classes is None or classes < 2 or targets.numel() == 0:
             # one output unit: not class scores; the task inference explains the fix
             return
         if self.ignore_index is not None:
@@ -621,10 +630,19 @@ class DataCheck:
             if targets.numel() == 0:
                 return
         low, high = (int(v) for v in torch.aminmax(targets))
-        if low < 0 or high >= self.num_classes:
+        if low < 0 or high >= classes:
             bad = low if low < 0 else high
             raise ValueError(
-                f"Invalid data in `{self.name}`: target {bad} is outside [0, {self.num_classes}) "
-                f"for a model with {self.num_classes} outputs. Targets must be class indices "
-                f"0..{self.num_classes - 1}; build the model with more classes or fix the labels."
+                f"Invalid data in `{self.name}`: target {bad} is outside [0, {classes}) "
+                f"for a model with {classes} outputs. Targets must be class indices "
+                f"0..{classes - 1}; build the model with more classes or fix the labels."
             )
+
+    def _map_classes(self, targets: torch.Tensor) -> int | None:
+        """The classes of a class map ``(N, *spatial)`` over outputs ``(N, C, *spatial)``."""
+        out = self._output_shape
+        if out is None:
+            self._output_shape = out = infer_output_shape(self.model, self._sample_shape)
+        if len(out) == targets.dim() and tuple(targets.shape[1:]) == tuple(out[1:]):
+            return int(out[0])
+        return None

@@ -424,6 +424,25 @@ def _inference_setup(
     return runtime, batches
 
 
+def _not_a_tensor(outputs: Any, inputs: torch.Tensor) -> TypeError:
+    """The error for a model whose forward returns something other than one tensor."""
+    kind = type(outputs).__name__
+    if isinstance(outputs, (tuple, list)):
+        kind += f" of {len(outputs)} items"
+        pick = "outputs[0]"
+    elif isinstance(outputs, Mapping):
+        kind += f" with keys {list(outputs)}"
+        pick = f"outputs[{next(iter(outputs), 'key')!r}]"
+    else:
+        pick = "the scores tensor"
+    return TypeError(
+        f"Invalid value for argument `model`: on inputs of shape {tuple(inputs.shape)} it "
+        f"returned a {kind}; convkit needs one tensor of scores (N, ...). Wrap the model so "
+        f"that forward returns {pick}, e.g. nn.Sequential(model, Pick()) with a module whose "
+        f"forward(outputs) returns {pick}."
+    )
+
+
 def _outputs(model: nn.Module, batches: Batches, runtime: Runtime) -> torch.Tensor:
     """The model's outputs for every batch, as one float32 CPU tensor.
 
@@ -439,6 +458,8 @@ def _outputs(model: nn.Module, batches: Batches, runtime: Runtime) -> torch.Tens
         for batch in batches:
             with runtime.autocast():
                 out = model(runtime.format(batch.inputs))
+            if not isinstance(out, torch.Tensor):
+                raise _not_a_tensor(out, batch.inputs)
             if total is None:
                 parts.append(out)
                 continue

@@ -61,7 +61,21 @@ def resolve_loss(loss: Any) -> LossFn | None:
 
 
 def check_optimizer(optimizer: Any, model: nn.Module) -> None:
-    """Refuse an unknown name, a wrong type, or an optimizer over foreign parameters."""
+    """Refuse an unknown name, a wrong type, an optimizer over foreign parameters, or a
+    model with nothing to train."""
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        params = list(model.parameters())
+        if not any(p.requires_grad for p in params):
+            state = (
+                f"all {len(params)} parameter tensors are frozen (requires_grad=False)"
+                if params
+                else "it has no parameters"
+            )
+            raise ValueError(
+                f"Invalid value for argument `model`: {state}, so there is nothing to train. "
+                "Unfreeze what should learn (p.requires_grad_(True) for p in "
+                "model.parameters()), or use evaluate/predict for a model that only infers."
+            )
     if isinstance(optimizer, str):
         if optimizer not in OPTIMIZERS:
             raise ValueError(

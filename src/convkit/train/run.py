@@ -572,8 +572,31 @@ def setup_task(
             f"to the model's {targets.dtype}.)"
         ) from None
     loss_fn = loss if loss is not None else default_loss(spec)
+    _check_loss_runs(loss_fn, outputs, targets)
     metrics = bind_metrics(requests, spec, outputs, targets, accumulator_dtype(runtime.device))
     return TaskSetup(spec, loss_fn, metrics, requests, inferred=task == "auto")
+
+
+def _check_loss_runs(loss_fn: LossFn, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+    """Refuse a loss that can't score the first batch or doesn't give one number for it."""
+    name = loss_name(loss_fn)
+    try:
+        with torch.no_grad():
+            value = loss_fn(outputs, targets)
+    except (TypeError, RuntimeError, ValueError, IndexError) as err:
+        raise ValueError(
+            f"Invalid value for argument `loss`: {name} fails on the first batch as "
+            f"loss(outputs, targets) with outputs {tuple(outputs.shape)} and targets "
+            f"{tuple(targets.shape)} ({type(err).__name__}: {err}). Pass a loss such as "
+            "nn.CrossEntropyLoss() or a callable (outputs, targets) -> the batch mean."
+        ) from err
+    if not isinstance(value, torch.Tensor) or value.dim() != 0:
+        got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(
+            f"Invalid value for argument `loss`: {name} returns {got} for a batch, not one "
+            "number. A loss returns the batch mean: use reduction='mean' (the default) for "
+            "a torch loss, or .mean() in your own."
+        )
 
 
 # -------------------- _epochs --------------------
