@@ -2,8 +2,8 @@
 
 ``python ddp_worker.py OUT MODE``: ``tensor``/``loader`` train the same run on one process
 or two; ``batchnorm`` trains a BatchNorm model; ``stop-epoch``/``stop-batch`` set
-``stop_training`` on rank 1 only. Each rank writes its weights, History and findings
-to ``OUT``.
+``stop_training`` on rank 1 only; ``tensorboard`` gives every rank a TensorBoard callback.
+Each rank writes its weights, History and findings to ``OUT``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ def main(out: str, mode: str) -> None:
     from convkit import (
         Callback,
         ModelCheckpoint,
+        TensorBoard,
         build_cnn,
         evaluate,
         fit,
@@ -54,6 +55,8 @@ def main(out: str, mode: str) -> None:
     callbacks: list[Callback] = [ModelCheckpoint(os.path.join(out, "last.pt"))]  # rank 0 writes
     if mode.startswith("stop"):
         callbacks.append(StopOnRankOne())
+    if mode == "tensorboard":  # every rank is given one; rank 0 writes
+        callbacks.append(TensorBoard(os.path.join(out, "tb"), log_every_n_steps=1))
     history = fit(
         model,
         Plain() if mode == "loader" else (x, y),
@@ -78,7 +81,7 @@ def main(out: str, mode: str) -> None:
         json.dump({"epoch": payload["epoch"], "same_weights": same, "local": local}, f)
     torch.save(model.state_dict(), os.path.join(out, f"rank{rank}.pt"))
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
-        json.dump(history.to_dict(), f)
+        json.dump({**history.to_dict(), "rank_pid": os.getpid()}, f)
     if torch.distributed.is_initialized():
         # an orderly end: gloo's threads left running at interpreter exit can abort the
         # process ("terminate called without an active exception")

@@ -1,8 +1,13 @@
 from __future__ import annotations
 
 import csv
+import json
+import logging
 import os
+import re
+import shutil
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +19,7 @@ from convkit import (
     Callback,
     CSVLogger,
     EarlyStopping,
+    History,
     ModelCheckpoint,
     NonFiniteLossError,
     TrainState,
@@ -447,3 +453,362 @@ def test_ctrl_c_in_the_first_epoch_names_missing_metrics_nan(small_data, tmp_pat
 def test_early_stopping_refuses_bad_arguments(kwargs, error, pattern) -> None:
     with pytest.raises(error, match=pattern):
         EarlyStopping(**kwargs)
+
+
+# ---- one base for monitoring callbacks: a fresh run starts afresh, mode from the metric
+
+
+def _val_split(sample_train: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    inputs, targets = sample_train
+    return inputs[300:600].clone(), targets[300:600].clone()
+
+
+def test_a_reused_early_stopping_forgets_the_first_run(small_data, sample_train) -> None:
+    val = _val_split(sample_train)
+    stopper = EarlyStopping("val_loss", patience=1, restore_best=True)
+    first = tiny_cnn(seed=0)
+    fit(first, small_data, epochs=4, val_data=val, lr=3e-3, progress=False, device="cpu",
+        seed=0, callbacks=[stopper])  # fmt: skip
+    first_weights = {k: v.clone() for k, v in first.state_dict().items()}
+    assert stopper.best < 2.1  # the first run's best: lower than anything the second reaches
+
+    second = tiny_cnn(seed=1)
+    history = fit(second, small_data, epochs=3, val_data=val, progress=False, device="cpu",
+                  seed=0, callbacks=[stopper])  # fmt: skip
+    assert history["val_loss"] == sorted(history["val_loss"], reverse=True)  # each improves
+    assert len(history) == 3 and stopper.stopped_epoch == 0
+    assert (stopper.best, stopper.best_epoch) == (history["val_loss"][2], 3)
+    weight = "features.block1.conv.weight"
+    assert not torch.equal(second.state_dict()[weight], first_weights[weight])
+
+
+def test_a_reused_model_checkpoint_forgets_the_first_runs_best(
+    small_data, sample_train, tmp_path: Path
+) -> None:
+    val = _val_split(sample_train)
+    best = ModelCheckpoint(tmp_path / "best.pt", monitor="val_loss", save_best_only=True)
+    fit(tiny_cnn(seed=0), small_data, epochs=3, val_data=val, lr=3e-3, progress=False,
+        device="cpu", seed=0, callbacks=[best])  # fmt: skip
+    (tmp_path / "best.pt").unlink()
+    history = fit(tiny_cnn(seed=1), small_data, epochs=1, val_data=val, progress=False,
+                  device="cpu", seed=0, callbacks=[best])  # fmt: skip
+    saved = load_checkpoint(tmp_path / "best.pt")  # the second run's first epoch is its best
+    assert saved["history"]["history"]["val_loss"] == history["val_loss"]
+    assert best.last_path == tmp_path / "best.pt" and best.best_epoch == 1
+
+
+@pytest.mark.parametrize(
+    ("monitor", "mode"),
+    [
+        ("val_f1", "max"),
+        ("f1", "max"),
+        ("val_iou", "max"),
+        ("val_precision", "max"),
+        ("recall", "max"),
+        ("val_accuracy", "max"),
+        ("top3_accuracy", "max"),
+        ("val_binary_accuracy", "max"),
+        ("val_loss", "min"),
+        ("loss", "min"),
+        ("val_mae", "min"),
+        ("rmse", "min"),
+    ],
+)
+def test_mode_auto_reads_the_metrics_direction(monitor: str, mode: str, tmp_path) -> None:
+    assert EarlyStopping(monitor).mode == mode
+    assert ModelCheckpoint(tmp_path / "m.pt", monitor=monitor, save_best_only=True).mode == mode
+
+
+def test_early_stopping_on_f1_keeps_training_while_f1_rises(small_data, sample_train) -> None:
+    stopper = EarlyStopping("val_f1", patience=0)
+    history = fit(tiny_cnn(seed=2), small_data, epochs=3, val_data=_val_split(sample_train),
+                  metrics=["accuracy", "f1"], progress=False, device="cpu", seed=0,
+                  callbacks=[stopper])  # fmt: skip
+    assert history["val_f1"] == sorted(history["val_f1"])  # rises every epoch
+    assert len(history) == 3 and stopper.stopped_epoch == 0 and stopper.best_epoch == 3
+
+
+def test_model_checkpoint_keeps_the_epoch_of_the_highest_f1(
+    small_data, sample_train, tmp_path: Path
+) -> None:
+    saver = ModelCheckpoint(tmp_path / "best.pt", monitor="val_f1", save_best_only=True)
+    history = fit(tiny_cnn(seed=2), small_data, epochs=3, val_data=_val_split(sample_train),
+                  metrics=["accuracy", "f1"], progress=False, device="cpu", seed=0,
+                  callbacks=[saver])  # fmt: skip
+    highest = max(range(3), key=lambda i: history["val_f1"][i]) + 1
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == highest == saver.best_epoch
+
+
+def test_mode_is_an_argument_of_model_checkpoint(small_data, tmp_path: Path) -> None:
+    lowest = ModelCheckpoint(tmp_path / "low.pt", monitor="accuracy", save_best_only=True,
+                             mode="min")  # fmt: skip
+    history = fit(tiny_cnn(), small_data, epochs=3, progress=False, device="cpu", seed=0,
+                  callbacks=[lowest])  # fmt: skip
+    epoch = min(range(3), key=lambda i: history["accuracy"][i]) + 1
+    assert load_checkpoint(tmp_path / "low.pt")["epoch"] == epoch
+
+
+def test_a_metric_of_unknown_direction_needs_a_mode(small_data, tmp_path: Path) -> None:
+    fix = r"pass mode='min' or mode='max'\."
+    with pytest.raises(
+        ValueError, match=r"`mode` of EarlyStopping: .*'val_dice' is unknown.*" + fix
+    ):
+        EarlyStopping("val_dice")
+    with pytest.raises(ValueError, match=r"`mode` of ModelCheckpoint: .*'dice' is unknown"):
+        ModelCheckpoint(tmp_path / "m.pt", monitor="dice", save_best_only=True)
+    assert ModelCheckpoint(tmp_path / "m.pt", monitor="dice").mode == "auto"  # unused monitor
+
+    def dice(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        hit = outputs.argmax(1) == targets
+        return 2 * hit.float().mean() / (1 + hit.float().mean())
+
+    stopper = EarlyStopping("dice", mode="max", patience=0)  # the fix works
+    history = fit(tiny_cnn(), small_data, epochs=3, metrics={"dice": dice}, progress=False,
+                  device="cpu", seed=0, callbacks=[stopper])  # fmt: skip
+    assert stopper.best == max(history["dice"][: stopper.best_epoch])
+
+
+# ---- arguments refused with a message that names them
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "pattern"),
+    [
+        (lambda: ModelCheckpoint(None), TypeError,
+         r"type for argument `path` of ModelCheckpoint\. Expected a file or folder name "
+         r"\(a str or pathlib\.Path\), e\.g\. 'checkpoints/ep\{epoch:03d\}\.pt'\. "
+         r"Received path=None\."),
+        (lambda: ModelCheckpoint(3), TypeError, r"`path` of ModelCheckpoint.*Received path=3\."),
+        (lambda: ModelCheckpoint(""), ValueError, r"`path` of ModelCheckpoint: the name is empty"),
+        (lambda: ModelCheckpoint("m.pt", monitor=3), TypeError,
+         r"`monitor` of ModelCheckpoint\. Expected the name of a logged metric \(a str\), "
+         r"e\.g\. 'val_loss' or 'val_accuracy'\. Received monitor=3\."),
+        (lambda: EarlyStopping(monitor=5), TypeError,
+         r"`monitor` of EarlyStopping\. Expected the name of a logged metric.*monitor=5\."),
+        (lambda: EarlyStopping(monitor=""), ValueError, r"`monitor` of EarlyStopping: .*empty"),
+        (lambda: ModelCheckpoint("m.pt", save_best_only="no"), TypeError,
+         r"`save_best_only`\. Expected True or False\. Received save_best_only='no'\."),
+        (lambda: ModelCheckpoint("m.pt", every_n_epochs="2"), TypeError,
+         r"`every_n_epochs`\. Expected an int\. Received every_n_epochs='2'"),
+        (lambda: ModelCheckpoint("m.pt", every_n_epochs=0), ValueError,
+         r"`every_n_epochs`\. Expected a strictly positive int\. Received every_n_epochs=0"),
+        (lambda: ModelCheckpoint("m.pt", mode="up"), ValueError,
+         r"`mode`\. Expected one of 'auto', 'min', 'max'\. Received mode='up'\."),
+        (lambda: EarlyStopping(mode=1), TypeError, r"`mode`\. Expected one of .*mode=1\."),
+        (lambda: EarlyStopping(restore_best_weights="yes"), TypeError,
+         r"`restore_best_weights`\. Expected True or False\. Received restore_best_weights='yes'"),
+        (lambda: EarlyStopping(restore_best_weights=False, restore_best=True), ValueError,
+         r"`restore_best`: restore_best=True contradicts restore_best_weights=False"),
+        (lambda: CSVLogger(None), TypeError, r"`path` of CSVLogger.*Received path=None\."),
+    ],
+)  # fmt: skip
+def test_callback_arguments_are_checked(make, error, pattern) -> None:
+    with pytest.raises(error, match=pattern):
+        make()
+
+
+# ---- restore_best_weights, Keras' name
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "restored"),
+    [
+        ({}, True),
+        ({"restore_best_weights": True}, True),
+        ({"restore_best_weights": False}, False),
+        ({"restore_best": False}, False),
+        ({"restore_best": True}, True),
+    ],
+)
+def test_restore_best_weights_is_one_switch_with_two_names(small_data, kwargs, restored) -> None:
+    class Weights(Callback):
+        def __init__(self) -> None:
+            self.seen: dict[int, dict[str, torch.Tensor]] = {}
+
+        def on_epoch_end(self, state) -> None:  # type: ignore[no-untyped-def]
+            self.seen[state.epoch] = {k: v.clone() for k, v in state.model.state_dict().items()}
+
+    weights, stopper = Weights(), EarlyStopping("loss", patience=0, min_delta=100.0, **kwargs)
+    model = tiny_cnn()
+    fit(model, small_data, epochs=5, progress=False, device="cpu", callbacks=[weights, stopper])
+    assert stopper.restore_best_weights is stopper.restore_best is restored
+    kept = weights.seen[1 if restored else 2]  # best epoch 1; the run stops after epoch 2
+    assert all(torch.equal(v, kept[k]) for k, v in model.state_dict().items())
+
+
+# ---- a stop that says why, recorded in the History and in checkpoints
+
+STOP_LINE = (
+    r"EarlyStopping stopped training after epoch 2/5: loss did not improve by more than 100 "
+    r"for 1 epoch \(best loss (\d\.\d+) at epoch 1; restoring the weights of epoch 1\)\."
+)
+
+
+def test_a_stop_is_said_once_and_recorded(small_data, tmp_path: Path, caplog, capsys) -> None:
+    stopper = EarlyStopping("loss", patience=0, min_delta=100.0)
+    with caplog.at_level(logging.INFO, logger="convkit.training"):
+        history = fit(tiny_cnn(), small_data, epochs=5, device="cpu", seed=0,
+                      callbacks=[stopper, ModelCheckpoint(tmp_path / "last.pt")])  # fmt: skip
+    logged = [r.getMessage() for r in caplog.records if "EarlyStopping" in r.getMessage()]
+    assert len(logged) == 1 and re.fullmatch(STOP_LINE, logged[0])
+    assert float(re.fullmatch(STOP_LINE, logged[0]).group(1)) == pytest.approx(
+        history["loss"][0], rel=1e-3
+    )
+    printed = capsys.readouterr().out.splitlines()  # progress=True: under the epoch lines
+    assert [line for line in printed if "EarlyStopping" in line] == logged
+    assert printed.index(logged[0]) == len(printed) - 1
+    assert (history.stopped_epoch, history.stopped_by) == (2, "EarlyStopping")
+    assert (history.monitor, history.best, history.best_epoch) == ("loss", history["loss"][0], 1)
+    assert repr(history).endswith(
+        f"; best loss={history['loss'][0]:.4g} at epoch 1; stopped after epoch 2 by EarlyStopping)"
+    )
+    assert "Stopped after epoch 2 by EarlyStopping." in history._repr_html_()
+    saved = load_checkpoint(tmp_path / "last.pt")["history"]
+    restored = History.from_dict(json.loads(json.dumps(saved)))
+    for name in ("stopped_epoch", "stopped_by", "monitor", "best", "best_epoch"):
+        assert getattr(restored, name) == getattr(history, name), name
+
+
+def test_a_resumed_run_keeps_the_best_epoch_in_its_history(small_data, tmp_path: Path) -> None:
+    def callbacks() -> list[Callback]:
+        return [ModelCheckpoint(tmp_path / "ep{epoch}.pt"), EarlyStopping("loss", patience=3)]
+
+    whole = fit(tiny_cnn(), small_data, epochs=4, progress=False, device="cpu", seed=0,
+                callbacks=callbacks())  # fmt: skip
+    resumed = fit(tiny_cnn(), small_data, epochs=4, progress=False, device="cpu",
+                  callbacks=callbacks(), resume_from=tmp_path / "ep2.pt")  # fmt: skip
+    assert resumed.stopped_epoch is None and whole.stopped_epoch is None
+    assert (resumed.monitor, resumed.best, resumed.best_epoch) == ("loss", whole.best, 4)
+
+
+def test_restoring_without_a_stop_is_said_too(small_data, caplog) -> None:
+    class Worsening(Callback):
+        def on_epoch_end(self, state) -> None:  # type: ignore[no-untyped-def]
+            state.logs["val_loss"] = [1.0, 2.0, 3.0][state.epoch - 1]
+
+    with caplog.at_level(logging.INFO, logger="convkit.training"):
+        history = fit(tiny_cnn(), small_data, epochs=3, val_data=small_data, progress=False,
+                      device="cpu", callbacks=[Worsening(), EarlyStopping(patience=5)])  # fmt: skip
+    said = [r.getMessage() for r in caplog.records if "EarlyStopping" in r.getMessage()]
+    assert said == [
+        "EarlyStopping restored the weights of epoch 1 (best val_loss 1 at epoch 1); "
+        "the last epoch trained was 3."
+    ]
+    assert history.stopped_epoch is None and history.best_epoch == 1
+
+
+# ---- a full disk or a taken file name, found when training begins
+
+
+def _bigger_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return build_cnn((1, 28, 28), 10, channels=(4,), hidden=(512,))  # 400,000 parameters
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: torch.optim.Adam(p),
+        lambda p: torch.optim.AdamW(p, amsgrad=True),
+        lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9),
+        lambda p: torch.optim.SGD(p, lr=0.01),
+        lambda p: torch.optim.RMSprop(p, centered=True),
+    ],
+    ids=["adam", "adamw-amsgrad", "sgd-momentum", "sgd", "rmsprop-centered"],
+)
+def test_the_size_estimate_matches_the_file_written(small_data, tmp_path: Path, make) -> None:
+    from convkit.train.callbacks.model_checkpoint import estimate_checkpoint_bytes
+
+    model = _bigger_cnn()
+    optimizer = make(model.parameters())
+    estimate = estimate_checkpoint_bytes(model, optimizer)  # before the first step
+    fit(model, small_data, epochs=1, optimizer=optimizer, progress=False, device="cpu",
+        callbacks=[ModelCheckpoint(tmp_path / "m.pt")])  # fmt: skip
+    written = (tmp_path / "m.pt").stat().st_size
+    assert 0.97 * written < estimate <= written  # the tensors; the file adds a few kB
+    after = estimate_checkpoint_bytes(model, optimizer)  # the real state, with step counters
+    assert after == pytest.approx(estimate, rel=1e-4)
+
+
+def test_a_disk_without_room_for_one_checkpoint_is_refused_before_training(
+    small_data, tmp_path: Path, monkeypatch
+) -> None:
+    from convkit.train.callbacks import model_checkpoint
+
+    real = shutil.disk_usage
+    free = 3_000_000  # bytes; the weights (1.6 MB) and Adam's two moments take 4.9 MB
+    monkeypatch.setattr(
+        model_checkpoint.shutil, "disk_usage", lambda p: real(p)._replace(free=free)
+    )
+    model, recorder = _bigger_cnn(), Recorder()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    message = (
+        r"`path` of ModelCheckpoint: '.*m\.pt' can't be written: the file system holding it "
+        r"has 3\.0 MB free, and one checkpoint takes about 4\.9 MB \(weights, buffers and "
+        r"optimizer state\)\. Free some space, or save to another disk\."
+    )
+    with pytest.raises(ValueError, match=message):
+        fit(model, small_data, epochs=2, progress=False, device="cpu",
+            callbacks=[ModelCheckpoint(tmp_path / "m.pt"), recorder])  # fmt: skip
+    assert ("epoch_begin", 1) not in recorder.calls and list(tmp_path.iterdir()) == []
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_a_disk_short_of_the_planned_files_is_warned_about(
+    small_data, tmp_path: Path, monkeypatch, caplog
+) -> None:
+    from convkit.train.callbacks import model_checkpoint
+
+    real = shutil.disk_usage
+    monkeypatch.setattr(
+        model_checkpoint.shutil, "disk_usage", lambda p: real(p)._replace(free=10_000_000)
+    )
+    with caplog.at_level(logging.WARNING, logger="convkit.training"):
+        fit(_bigger_cnn(), small_data, epochs=1, progress=False, device="cpu",
+            callbacks=[ModelCheckpoint(tmp_path / "ep{epoch}.pt")])  # fmt: skip
+        assert not caplog.records  # one file of 4.9 MB and its temporary copy fit in 10 MB
+        fit(_bigger_cnn(), small_data, epochs=3, progress=False, device="cpu",
+            callbacks=[ModelCheckpoint(tmp_path / "ep{epoch}.pt")])  # fmt: skip
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert "the 3 file(s) this run plans to write take about 4.9 MB each" in caplog.text
+
+
+def _mount_tmpfs(folder: Path, size: str) -> bool:
+    if not sys.platform.startswith("linux") or os.geteuid() != 0 or not shutil.which("mount"):
+        return False
+    folder.mkdir()
+    command = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)]
+    return subprocess.run(command, capture_output=True, check=False).returncode == 0
+
+
+def test_a_real_small_file_system_is_refused_before_training(small_data, tmp_path: Path) -> None:
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, "2m"):
+        pytest.skip("needs root and mount to make a 2 MB tmpfs")
+    try:
+        recorder = Recorder()
+        with pytest.raises(ValueError, match=r"can't be written: the file system holding it"):
+            fit(_bigger_cnn(), small_data, epochs=2, progress=False, device="cpu",
+                callbacks=[ModelCheckpoint(disk / "m.pt"), recorder])  # fmt: skip
+        assert ("epoch_begin", 1) not in recorder.calls and list(disk.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_later_epochs_file_taken_by_a_directory_is_found_before_training(
+    small_data, tmp_path: Path
+) -> None:
+    (tmp_path / "ep2.pt").mkdir()
+    recorder = Recorder()
+    message = (
+        r"`path` of ModelCheckpoint: '.*ep\{epoch\}\.pt' can't be written at epoch 2: "
+        r".*ep2\.pt is an existing directory\. Remove or rename it, or choose another file name\."
+    )
+    with pytest.raises(ValueError, match=message):
+        fit(tiny_cnn(), small_data, epochs=3, progress=False, device="cpu",
+            callbacks=[ModelCheckpoint(tmp_path / "ep{epoch}.pt"), recorder])  # fmt: skip
+    assert ("epoch_begin", 1) not in recorder.calls
+    # a run that ends before epoch 2 never writes there, and is not refused
+    fit(tiny_cnn(), small_data, epochs=1, progress=False, device="cpu",
+        callbacks=[ModelCheckpoint(tmp_path / "ep{epoch}.pt")])  # fmt: skip
+    assert (tmp_path / "ep1.pt").is_file()

@@ -144,6 +144,24 @@ def test_a_stop_on_one_rank_stops_every_rank(tmp_path: Path, mode: str) -> None:
     assert c0["epoch"] == 1
 
 
+@pytest.mark.slow
+def test_only_rank_zero_writes_tensorboard_files(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    launch(tmp_path, "tensorboard", nproc=2)
+    (_, h0, _), (_, h1, _) = _results(tmp_path, 0), _results(tmp_path, 1)
+    assert h0["history"] == h1["history"]
+    for run, prefix in (("train", ""), ("validation", "val_")):
+        files = list((tmp_path / "tb" / run).glob("events.out.tfevents.*"))
+        assert len(files) == 1 and f".{h0['rank_pid']}." in files[0].name  # rank 0's
+        reader = EventAccumulator(str(tmp_path / "tb" / run)).Reload()
+        logged = [(e.step, e.value) for e in reader.Scalars("epoch_loss")]
+        assert [s for s, _ in logged] == [1, 2, 3]
+        assert [v for _, v in logged] == pytest.approx(h0["history"][prefix + "loss"], rel=1e-6)
+    steps = EventAccumulator(str(tmp_path / "tb" / "steps")).Reload().Scalars("batch_loss")
+    assert [e.step for e in steps] == list(range(1, 3 * 16 + 1))  # 512 samples a rank / 32
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from convkit import mnist_sample
-from convkit.train.metrics import bind_metrics, default_metrics, parse_metrics
+from convkit.train.metrics import bind_metrics, default_metrics, metric_direction, parse_metrics
 from convkit.train.tasks import TaskSpec, infer_task
 
 BATCH = 128  # 1,000 test images -> 7 full batches and one of 104
@@ -404,3 +404,45 @@ def test_names() -> None:
     assert [r.name for r in requests] == ["f1", "metric_2", "mine"]
     assert parse_metrics(None) is None
     assert [r.name for r in parse_metrics("mae")] == ["mae"]
+
+
+# ---------------------------------------------------------------- direction
+
+
+@pytest.mark.parametrize("prefix", ["", "val_"])
+@pytest.mark.parametrize(
+    ("name", "direction"),
+    [
+        ("loss", "min"),
+        ("accuracy", "max"),
+        ("binary_accuracy", "max"),
+        ("top3_accuracy", "max"),
+        ("f1", "max"),
+        ("precision", "max"),
+        ("recall", "max"),
+        ("iou", "max"),
+        ("mae", "min"),
+        ("mse", "min"),
+        ("rmse", "min"),
+        ("dice", None),
+        ("metric_2", None),
+        ("val", None),
+    ],
+)
+def test_metric_direction(prefix: str, name: str, direction: str | None) -> None:
+    assert metric_direction(prefix + name) == direction
+
+
+@pytest.mark.parametrize("name", ["accuracy", "f1", "precision", "recall", "iou", "mae", "rmse"])
+def test_each_direction_agrees_with_torchmetrics(name: str) -> None:
+    torchmetrics = pytest.importorskip("torchmetrics")
+    metric = {
+        "accuracy": lambda: torchmetrics.Accuracy(task="multiclass", num_classes=3),
+        "f1": lambda: torchmetrics.F1Score(task="multiclass", num_classes=3),
+        "precision": lambda: torchmetrics.Precision(task="multiclass", num_classes=3),
+        "recall": lambda: torchmetrics.Recall(task="multiclass", num_classes=3),
+        "iou": lambda: torchmetrics.JaccardIndex(task="multiclass", num_classes=3),
+        "mae": torchmetrics.MeanAbsoluteError,
+        "rmse": lambda: torchmetrics.MeanSquaredError(squared=False),
+    }[name]()
+    assert metric_direction(name) == ("max" if metric.higher_is_better else "min")

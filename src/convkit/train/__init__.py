@@ -5,7 +5,15 @@ The training side knows nothing about CNNs. What it needs from a model is the do
 ``convkit.checkpoints``.
 """
 
-from .callbacks import Callback, CSVLogger, EarlyStopping, ModelCheckpoint, TrainState
+from .callbacks import (
+    Callback,
+    CSVLogger,
+    EarlyStopping,
+    ModelCheckpoint,
+    MonitorCallback,
+    TensorBoard,
+    TrainState,
+)
 from .devices import available_devices, resolve_device
 from .distributed import setup_distributed
 from .history import History
@@ -18,7 +26,9 @@ __all__ = [
     "EarlyStopping",
     "History",
     "ModelCheckpoint",
+    "MonitorCallback",
     "NonFiniteLossError",
+    "TensorBoard",
     "TrainState",
     "available_devices",
     "evaluate",

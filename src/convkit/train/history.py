@@ -32,6 +32,13 @@ class History:
         setup: What [`evaluate`][convkit.evaluate] and [`predict`][convkit.predict]
             reuse from ``history=``: the task, the loss object and the metrics as given
             (kept in memory only; ``to_dict`` keeps the names above).
+        monitor: The metric an [`EarlyStopping`][convkit.EarlyStopping] watched, e.g.
+            ``"val_loss"`` (``None``: none did).
+        best: Its best value. best_epoch: The epoch of that value (whose weights
+            ``restore_best_weights`` gives back).
+        stopped_epoch: The epoch after which a callback stopped training (``None``: it
+            ran to its last epoch, or was interrupted). stopped_by: That callback's
+            class name, e.g. ``"EarlyStopping"``.
 
     Examples:
         >>> history = History(device="cpu")
@@ -39,6 +46,10 @@ class History:
         >>> history.append(2, {"loss": 0.5, "accuracy": 0.8}, seconds=1.4, lr=1e-3)
         >>> history["loss"], history.learning_rates, len(history)
         ([0.9, 0.5], [0.001, 0.001], 2)
+        >>> history.record_best("loss", 0.5, epoch=2)
+        >>> history.record_stop(2, by="EarlyStopping")
+        >>> history  # doctest: +ELLIPSIS
+        History(epochs=2, ...; best loss=0.5 at epoch 2; stopped after epoch 2 by EarlyStopping)
     """
 
     def __init__(self, *, seed: int | None = None, device: str | None = None) -> None:
@@ -51,6 +62,11 @@ class History:
         self.loss: str | None = None
         self.metrics: list[str] = []
         self.setup: Any = None
+        self.monitor: str | None = None
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.stopped_epoch: int | None = None
+        self.stopped_by: str | None = None
 
     def append(
         self, epoch: int, metrics: dict[str, float], seconds: float, lr: float | None = None
@@ -59,6 +75,14 @@ class History:
         for name, value in metrics.items():
             self.history.setdefault(name, []).append(value)
         self.epochs.append({"epoch": epoch, "metrics": dict(metrics), "seconds": seconds, "lr": lr})
+
+    def record_best(self, monitor: str, best: float, epoch: int) -> None:
+        """Record the best value of the metric a callback watches, and its epoch."""
+        self.monitor, self.best, self.best_epoch = monitor, float(best), int(epoch)
+
+    def record_stop(self, epoch: int, by: str) -> None:
+        """Record that callback ``by`` (a class name) stopped training after ``epoch``."""
+        self.stopped_epoch, self.stopped_by = int(epoch), by
 
     @property
     def learning_rates(self) -> list[float | None]:
@@ -94,6 +118,11 @@ class History:
             "task": self.task,
             "loss": self.loss,
             "metrics": list(self.metrics),
+            "monitor": self.monitor,
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "stopped_epoch": self.stopped_epoch,
+            "stopped_by": self.stopped_by,
         }
 
     @classmethod
@@ -105,6 +134,12 @@ class History:
         history.interrupted = bool(data.get("interrupted", False))
         history.task, history.loss = data.get("task"), data.get("loss")
         history.metrics = list(data.get("metrics", []))
+        history.monitor, history.best = data.get("monitor"), data.get("best")
+        history.best_epoch = data.get("best_epoch")
+        history.stopped_epoch, history.stopped_by = (
+            data.get("stopped_epoch"),
+            data.get("stopped_by"),
+        )
         return history
 
     def plot(self, keys: Sequence[str] | None = None) -> Any:
@@ -163,9 +198,20 @@ class History:
         ]
         caption = f"History: {len(self)} epochs on {self.device or 'an unknown device'}"
         footer = ["Training was interrupted."] if self.interrupted else []
+        footer += [f"{line[0].upper()}{line[1:]}." for line in self._outcome()]
         return html_table(("epoch", *names, "lr", "seconds"), rows, caption=caption, footer=footer)
+
+    def _outcome(self) -> list[str]:
+        """How the run went, beyond its epochs: the best monitored value, a stop."""
+        lines = []
+        if self.monitor is not None and self.best is not None:
+            lines.append(f"best {self.monitor}={self.best:.4g} at epoch {self.best_epoch}")
+        if self.stopped_epoch is not None:
+            lines.append(f"stopped after epoch {self.stopped_epoch} by {self.stopped_by}")
+        return lines
 
     def __repr__(self) -> str:
         last = self.epochs[-1]["metrics"] if self.epochs else {}
         shown = ", ".join(f"{k}={v:.4g}" for k, v in last.items())
-        return f"History(epochs={len(self)}, device={self.device!r}, last: {shown or '-'})"
+        outcome = "".join(f"; {line}" for line in self._outcome())
+        return f"History(epochs={len(self)}, device={self.device!r}, last: {shown or '-'}{outcome})"

@@ -29,24 +29,67 @@ import torch
 from ..utils.typing import MetricFn
 from .tasks import TaskSpec
 
-__all__ = ["MetricSet", "Request", "bind_metrics", "default_metrics", "parse_metrics"]
+__all__ = [
+    "MetricSet",
+    "Request",
+    "bind_metrics",
+    "default_metrics",
+    "metric_direction",
+    "parse_metrics",
+]
 
 _TOPK = re.compile(r"top(\d+)_accuracy")
 _CLASSIFIERS = ("multiclass", "binary", "multilabel")
 
-#: Built-in metric names -> the tasks they mean something for.
-_TASKS_OF: dict[str, tuple[str, ...]] = {
-    "accuracy": ("multiclass",),
-    "binary_accuracy": ("binary", "multilabel"),
-    "f1": _CLASSIFIERS,
-    "precision": _CLASSIFIERS,
-    "recall": _CLASSIFIERS,
-    "iou": _CLASSIFIERS,
-    "mae": ("regression",),
-    "mse": ("regression",),
-    "rmse": ("regression",),
+
+@dataclass(frozen=True)
+class _Builtin:
+    """A built-in metric: the tasks it means something for, and its direction."""
+
+    tasks: tuple[str, ...]
+    higher_is_better: bool  # as torchmetrics' Metric.higher_is_better
+
+
+#: Built-in metric names -> their definitions (``top{k}_accuracy``: multiclass, higher).
+_BUILTINS: dict[str, _Builtin] = {
+    "accuracy": _Builtin(("multiclass",), higher_is_better=True),
+    "binary_accuracy": _Builtin(("binary", "multilabel"), higher_is_better=True),
+    "f1": _Builtin(_CLASSIFIERS, higher_is_better=True),
+    "precision": _Builtin(_CLASSIFIERS, higher_is_better=True),
+    "recall": _Builtin(_CLASSIFIERS, higher_is_better=True),
+    "iou": _Builtin(_CLASSIFIERS, higher_is_better=True),
+    "mae": _Builtin(("regression",), higher_is_better=False),
+    "mse": _Builtin(("regression",), higher_is_better=False),
+    "rmse": _Builtin(("regression",), higher_is_better=False),
 }
+#: Built-in metric names -> the tasks they mean something for.
+_TASKS_OF: dict[str, tuple[str, ...]] = {name: b.tasks for name, b in _BUILTINS.items()}
 _NAMES = (*_TASKS_OF, "top{k}_accuracy")
+
+
+def metric_direction(name: str) -> str | None:
+    """Whether a logged value is better larger (``"max"``) or smaller (``"min"``).
+
+    Reads the names ``fit`` logs: ``loss`` and the built-in metrics, each with or
+    without the ``val_`` prefix. A name convkit doesn't define (a callable's or a
+    torchmetrics Metric's) has no known direction: ``None``.
+
+    Examples:
+        >>> metric_direction("val_f1"), metric_direction("loss"), metric_direction("val_rmse")
+        ('max', 'min', 'min')
+        >>> metric_direction("top5_accuracy"), metric_direction("dice") is None
+        ('max', True)
+    """
+    base = name.removeprefix("val_")
+    if base == "loss":
+        return "min"
+    if _TOPK.fullmatch(base):
+        return "max"
+    builtin = _BUILTINS.get(base)
+    if builtin is None:
+        return None
+    return "max" if builtin.higher_is_better else "min"
+
 
 _DEFAULTS = {
     "multiclass": ("accuracy",),

@@ -637,13 +637,18 @@ def _bar_class() -> type[tqdm[Any]]:
     return tqdm
 
 
+def batches_per_epoch(batches: Batches) -> int | None:
+    """How many batches an epoch has (``None``: an ``IterableDataset`` without a length)."""
+    try:
+        return len(batches)
+    except TypeError:
+        return None
+
+
 def _bar(run: Run, epoch: int) -> Any:
     if not run.show:
         return nullcontext(None)
-    try:
-        total = len(run.train)
-    except TypeError:  # an IterableDataset without a length
-        total = None
+    total = batches_per_epoch(run.train)
     epochs = run.state.epochs
     return _bar_class()(
         total=total, desc=f"Epoch {epoch}/{epochs}", unit="batch", leave=False, dynamic_ncols=True
@@ -1003,6 +1008,8 @@ def build_run(
         history=history,
         log_keys=tuple(log_keys),
         is_main=ctx is None or ctx.is_main,
+        progress=options.progress and (ctx is None or ctx.is_main),
+        steps_per_epoch=batches_per_epoch(train_batches),
         scheduler=sched,
         scaler=runtime.grad_scaler(),
         generator=generator,
