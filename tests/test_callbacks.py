@@ -482,6 +482,19 @@ def test_a_reused_early_stopping_forgets_the_first_run(small_data, sample_train)
     assert not torch.equal(second.state_dict()[weight], first_weights[weight])
 
 
+def test_a_resumed_early_stopping_counts_on_from_its_checkpoint(small_data, tmp_path: Path) -> None:
+    def callbacks() -> list[Callback]:  # only epoch 1 improves (on inf): a stop after epoch 3
+        stopper = EarlyStopping("loss", patience=2, min_delta=100.0)
+        return [ModelCheckpoint(tmp_path / "ep{epoch}.pt"), stopper]
+
+    whole = fit(tiny_cnn(), small_data, epochs=5, progress=False, device="cpu", seed=0,
+                callbacks=callbacks())  # fmt: skip
+    assert whole.stopped_epoch == 3
+    resumed = fit(tiny_cnn(), small_data, epochs=5, progress=False, device="cpu",
+                  callbacks=callbacks(), resume_from=tmp_path / "ep2.pt")  # fmt: skip
+    assert len(resumed) == 3 and resumed.stopped_epoch == 3 and resumed.best_epoch == 1
+
+
 def test_a_reused_model_checkpoint_forgets_the_first_runs_best(
     small_data, sample_train, tmp_path: Path
 ) -> None:
@@ -492,7 +505,8 @@ def test_a_reused_model_checkpoint_forgets_the_first_runs_best(
     (tmp_path / "best.pt").unlink()
     history = fit(tiny_cnn(seed=1), small_data, epochs=1, val_data=val, progress=False,
                   device="cpu", seed=0, callbacks=[best])  # fmt: skip
-    saved = load_checkpoint(tmp_path / "best.pt")  # the second run's first epoch is its best
+    assert (tmp_path / "best.pt").is_file()  # the second run's first epoch is its best
+    saved = load_checkpoint(tmp_path / "best.pt")
     assert saved["history"]["history"]["val_loss"] == history["val_loss"]
     assert best.last_path == tmp_path / "best.pt" and best.best_epoch == 1
 
@@ -536,7 +550,8 @@ def test_model_checkpoint_keeps_the_epoch_of_the_highest_f1(
                   metrics=["accuracy", "f1"], progress=False, device="cpu", seed=0,
                   callbacks=[saver])  # fmt: skip
     highest = max(range(3), key=lambda i: history["val_f1"][i]) + 1
-    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == highest == saver.best_epoch
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == highest
+    assert saver.best_epoch == highest
 
 
 def test_mode_is_an_argument_of_model_checkpoint(small_data, tmp_path: Path) -> None:
@@ -700,6 +715,14 @@ def test_restoring_without_a_stop_is_said_too(small_data, caplog) -> None:
 # ---- a full disk or a taken file name, found when training begins
 
 
+class EpochsBegun(Callback):
+    def __init__(self) -> None:
+        self.epochs: list[int] = []
+
+    def on_epoch_begin(self, state) -> None:  # type: ignore[no-untyped-def]
+        self.epochs.append(state.epoch)
+
+
 def _bigger_cnn() -> nn.Module:
     torch.manual_seed(0)
     return build_cnn((1, 28, 28), 10, channels=(4,), hidden=(512,))  # 400,000 parameters
@@ -733,14 +756,10 @@ def test_the_size_estimate_matches_the_file_written(small_data, tmp_path: Path, 
 def test_a_disk_without_room_for_one_checkpoint_is_refused_before_training(
     small_data, tmp_path: Path, monkeypatch
 ) -> None:
-    from convkit.train.callbacks import model_checkpoint
-
     real = shutil.disk_usage
     free = 3_000_000  # bytes; the weights (1.6 MB) and Adam's two moments take 4.9 MB
-    monkeypatch.setattr(
-        model_checkpoint.shutil, "disk_usage", lambda p: real(p)._replace(free=free)
-    )
-    model, recorder = _bigger_cnn(), Recorder()
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=free))
+    model, begun = _bigger_cnn(), EpochsBegun()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     message = (
         r"`path` of ModelCheckpoint: '.*m\.pt' can't be written: the file system holding it "
@@ -749,20 +768,16 @@ def test_a_disk_without_room_for_one_checkpoint_is_refused_before_training(
     )
     with pytest.raises(ValueError, match=message):
         fit(model, small_data, epochs=2, progress=False, device="cpu",
-            callbacks=[ModelCheckpoint(tmp_path / "m.pt"), recorder])  # fmt: skip
-    assert ("epoch_begin", 1) not in recorder.calls and list(tmp_path.iterdir()) == []
+            callbacks=[ModelCheckpoint(tmp_path / "m.pt"), begun])  # fmt: skip
+    assert begun.epochs == [] and list(tmp_path.iterdir()) == []
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
 def test_a_disk_short_of_the_planned_files_is_warned_about(
     small_data, tmp_path: Path, monkeypatch, caplog
 ) -> None:
-    from convkit.train.callbacks import model_checkpoint
-
     real = shutil.disk_usage
-    monkeypatch.setattr(
-        model_checkpoint.shutil, "disk_usage", lambda p: real(p)._replace(free=10_000_000)
-    )
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=10_000_000))
     with caplog.at_level(logging.WARNING, logger="convkit.training"):
         fit(_bigger_cnn(), small_data, epochs=1, progress=False, device="cpu",
             callbacks=[ModelCheckpoint(tmp_path / "ep{epoch}.pt")])  # fmt: skip
@@ -786,11 +801,11 @@ def test_a_real_small_file_system_is_refused_before_training(small_data, tmp_pat
     if not _mount_tmpfs(disk, "2m"):
         pytest.skip("needs root and mount to make a 2 MB tmpfs")
     try:
-        recorder = Recorder()
+        begun = EpochsBegun()
         with pytest.raises(ValueError, match=r"can't be written: the file system holding it"):
             fit(_bigger_cnn(), small_data, epochs=2, progress=False, device="cpu",
-                callbacks=[ModelCheckpoint(disk / "m.pt"), recorder])  # fmt: skip
-        assert ("epoch_begin", 1) not in recorder.calls and list(disk.iterdir()) == []
+                callbacks=[ModelCheckpoint(disk / "m.pt"), begun])  # fmt: skip
+        assert begun.epochs == [] and list(disk.iterdir()) == []
     finally:
         subprocess.run(["umount", str(disk)], check=True)
 
@@ -799,15 +814,15 @@ def test_a_later_epochs_file_taken_by_a_directory_is_found_before_training(
     small_data, tmp_path: Path
 ) -> None:
     (tmp_path / "ep2.pt").mkdir()
-    recorder = Recorder()
+    begun = EpochsBegun()
     message = (
         r"`path` of ModelCheckpoint: '.*ep\{epoch\}\.pt' can't be written at epoch 2: "
         r".*ep2\.pt is an existing directory\. Remove or rename it, or choose another file name\."
     )
     with pytest.raises(ValueError, match=message):
         fit(tiny_cnn(), small_data, epochs=3, progress=False, device="cpu",
-            callbacks=[ModelCheckpoint(tmp_path / "ep{epoch}.pt"), recorder])  # fmt: skip
-    assert ("epoch_begin", 1) not in recorder.calls
+            callbacks=[ModelCheckpoint(tmp_path / "ep{epoch}.pt"), begun])  # fmt: skip
+    assert begun.epochs == []
     # a run that ends before epoch 2 never writes there, and is not refused
     fit(tiny_cnn(), small_data, epochs=1, progress=False, device="cpu",
         callbacks=[ModelCheckpoint(tmp_path / "ep{epoch}.pt")])  # fmt: skip
