@@ -39,8 +39,9 @@ class TrainState:
         is_main: ``False`` on every process of a distributed run but rank 0; callbacks
             that write files should only do so when this is ``True``.
         progress: Whether this process shows ``fit``'s progress display
-            (``progress=True``, on rank 0); [`report`][convkit.TrainState.report] then
-            prints there too.
+            (``progress=True``, on rank 0);
+            [`report`][convkit.train.callbacks.base.TrainState.report] then prints there
+            too.
         steps_per_epoch: Training batches per epoch, ``None`` for data without a length
             (an ``IterableDataset``). Batch ``b`` of epoch ``e`` is optimizer step
             ``(e - 1) * steps_per_epoch + b + 1`` of the run, resumed or not.

@@ -3,7 +3,7 @@ logged metric (after Keras 3's ``MonitorCallback``).
 
 It owns what ``EarlyStopping`` and ``ModelCheckpoint(save_best_only=True)`` share: the
 checked ``monitor``, ``mode`` and ``min_delta``; the direction that ``mode="auto"``
-reads from the metric's definition ([`metric_direction`][convkit.train.metrics.metric_direction]);
+reads from the metric's definition (``convkit.train.metrics.metric_direction``);
 the best value and its epoch; and a reset when a fresh run begins, so that a callback
 passed to a second ``fit`` starts from nothing while a resumed run keeps the state its
 checkpoint restored.
@@ -70,9 +70,11 @@ def resolve_mode(owner: str, mode: Any, monitor: str, *, required: bool = True) 
 class MonitorCallback(Callback):
     """Base for callbacks that watch one logged metric: its best value and epoch.
 
-    Subclasses call [`update`][convkit.MonitorCallback.update] in ``on_epoch_end``, which
-    records an improvement; they extend [`reset`][convkit.MonitorCallback.reset] and
-    ``state_dict`` with counters of their own, and call ``super().on_train_begin(state)``.
+    Subclasses call
+    [`update`][convkit.train.callbacks.monitor.MonitorCallback.update] in
+    ``on_epoch_end``, which records an improvement; they extend
+    [`reset`][convkit.train.callbacks.monitor.MonitorCallback.reset] and ``state_dict``
+    with counters of their own, and call ``super().on_train_begin(state)``.
 
     Args:
         monitor: A logged metric, e.g. ``"val_loss"``, ``"accuracy"``, ``"val_f1"``;
@@ -93,7 +95,7 @@ class MonitorCallback(Callback):
         best_epoch: Its epoch (0: none yet).
 
     When training begins, a fresh run resets ``best`` and ``best_epoch`` (and whatever
-    [`reset`][convkit.MonitorCallback.reset] clears); a run resumed with
+    [`reset`][convkit.train.callbacks.monitor.MonitorCallback.reset] clears); a run resumed with
     ``fit(resume_from=...)`` keeps the state restored from its checkpoint.
 
     Examples:
