@@ -101,6 +101,7 @@ class MonitorCallback(Callback):
     Examples:
         A callback that reports each new best accuracy:
 
+        >>> import torch
         >>> from convkit import build_cnn, fit, mnist_sample
         >>> class SayBest(MonitorCallback):
         ...     def on_epoch_end(self, state):
@@ -110,6 +111,7 @@ class MonitorCallback(Callback):
         >>> say = SayBest("accuracy")
         >>> say.mode
         'max'
+        >>> _ = torch.manual_seed(0)
         >>> _ = fit(build_cnn((1, 28, 28), 10, channels=(4,), hidden=()),
         ...         (inputs[:256], targets[:256]), epochs=2, device="cpu", progress=False,
         ...         seed=0, callbacks=[say])
