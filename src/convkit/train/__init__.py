@@ -1,4 +1,4 @@
-"""Training: ``fit``, ``evaluate`` and ``predict`` for any ``nn.Module`` and any task.
+"""Training: ``fit``, ``evaluate``, ``predict`` and ``lr_find`` for any ``nn.Module`` and any task.
 
 The training side knows nothing about CNNs. What it needs from a model is the documented
 [`DescribedModel`][convkit.DescribedModel] protocol, and files go through
@@ -10,6 +10,7 @@ from .devices import available_devices, resolve_device
 from .distributed import setup_distributed
 from .history import History
 from .loops import evaluate, fit, predict
+from .lr_finder import LRFinderResult, lr_find
 from .run import NonFiniteLossError
 
 __all__ = [
@@ -17,12 +18,14 @@ __all__ = [
     "Callback",
     "EarlyStopping",
     "History",
+    "LRFinderResult",
     "ModelCheckpoint",
     "NonFiniteLossError",
     "TrainState",
     "available_devices",
     "evaluate",
     "fit",
+    "lr_find",
     "predict",
     "resolve_device",
     "setup_distributed",
