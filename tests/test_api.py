@@ -38,6 +38,7 @@ PUBLIC = {
     "summary",
     # below and above both
     "DescribedModel",
+    "export",
     "load_checkpoint",
     "save_checkpoint",
     "mnist",
@@ -45,6 +46,7 @@ PUBLIC = {
     # the packages
     "checkpoints",
     "datasets",
+    "deploy",
     "layers",
     "models",
     "shapes",

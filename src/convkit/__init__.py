@@ -2,13 +2,16 @@
 
 Blocks ([`ConvBlock`][convkit.ConvBlock], [`Flatten`][convkit.Flatten],
 [`MLPHead`][convkit.MLPHead]), a CNN factory that infers its own flattened size
-([`build_cnn`][convkit.build_cnn]), and device-aware training loops
-([`fit`][convkit.fit], [`evaluate`][convkit.evaluate], [`predict`][convkit.predict]).
+([`build_cnn`][convkit.build_cnn]), device-aware training loops
+([`fit`][convkit.fit], [`evaluate`][convkit.evaluate], [`predict`][convkit.predict]), a
+learning-rate finder ([`lr_find`][convkit.lr_find]) and export to ONNX and ``torch.export``
+programs ([`export`][convkit.export]).
 """
 
-from . import checkpoints, datasets, layers, models, shapes, train, viz
+from . import checkpoints, datasets, deploy, layers, models, shapes, train, viz
 from .checkpoints import load_checkpoint, save_checkpoint
 from .datasets import mnist, mnist_sample
+from .deploy import export
 from .layers import (
     ConvBlock,
     DropPath,
@@ -64,7 +67,9 @@ __all__ = [
     "build_cnn",
     "checkpoints",
     "datasets",
+    "deploy",
     "evaluate",
+    "export",
     "fit",
     "init_weights",
     "layers",
