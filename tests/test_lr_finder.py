@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import random
+import signal
 from typing import Any
 
 import numpy as np
@@ -262,6 +263,28 @@ def test_model_is_restored_when_the_sweep_fails(
     before, rngs = _state(model), _rngs()
     with pytest.raises(RuntimeError, match="breaks mid-sweep"):
         lr_find(model, small_data, loss=fail_later, task="multiclass", num_iter=10, device="cpu")
+    _assert_same_state(before, model)
+    _assert_same_rngs(rngs)
+
+
+def test_ctrl_c_ends_the_sweep_with_everything_put_back(
+    small_data: tuple[torch.Tensor, torch.Tensor],
+) -> None:
+    model = _tiny_cnn()
+    calls = []
+
+    def press_ctrl_c(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        if len(calls) == 4:  # a real SIGINT during the fourth batch
+            signal.raise_signal(signal.SIGINT)
+        return nn.functional.cross_entropy(outputs, targets)
+
+    before, rngs = _state(model), _rngs()
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        lr_find(model, small_data, loss=press_ctrl_c, num_iter=20, device="cpu", seed=0)
+    assert len(calls) == 4  # the sweep stopped after the batch Ctrl-C came in
+    assert signal.getsignal(signal.SIGINT) is handler
     _assert_same_state(before, model)
     _assert_same_rngs(rngs)
 

@@ -66,9 +66,8 @@ class LRFinderResult:
             learning rate (fastai's ``steep``, Lightning's suggestion), over the same part
             of the curve; ``None`` as for ``suggestion``.
         stop: Why the sweep ended: ``"num_iter"`` (all batches ran), ``"diverged"``
-            (the smoothed loss rose above ``early_stop_threshold`` times its minimum),
-            ``"non-finite"`` (a NaN or infinite loss or gradient) or ``"interrupted"``
-            (Ctrl-C).
+            (the smoothed loss rose above ``early_stop_threshold`` times its minimum) or
+            ``"non-finite"`` (a NaN or infinite loss or gradient).
 
     Examples:
         >>> result = LRFinderResult([1e-3, 1e-2], [2.3, 2.2], [2.3, 2.1], None, None, "diverged")
@@ -89,14 +88,9 @@ class LRFinderResult:
             "num_iter": "",
             "diverged": ", stopped: diverged",
             "non-finite": ", stopped: non-finite loss",
-            "interrupted": ", stopped: interrupted",
         }[self.stop]
         if self.suggestion is None:
-            advice = (
-                "no suggestion: the curve is too short; lower start_lr or raise num_iter"
-                if self.stop != "interrupted"
-                else "no suggestion"
-            )
+            advice = "no suggestion: the curve is too short; lower start_lr or raise num_iter"
             return f"LRFinderResult({len(self.lrs)} batches, {reach}{stopped}; {advice})"
         return (
             f"LRFinderResult(suggestion={self.suggestion:.2e} (valley), "
@@ -328,7 +322,8 @@ def lr_find(
     statistics) bit for bit, on their device and in their memory layout, with their
     ``.grad``; every submodule's train/eval flag; an optimizer instance's state and
     learning rates; and Python's, NumPy's, torch's and CUDA's random generators (and a
-    ``DataLoader``'s own). Only the result is new.
+    ``DataLoader``'s own). Only the result is new. The same holds after an error and
+    after Ctrl-C, which ends the sweep with ``KeyboardInterrupt`` as it ends ``fit``.
 
     Read the plot (``result.plot()``) rather than trusting a number blindly: a good
     learning rate lies where the loss still falls steeply, well before its minimum.
@@ -398,7 +393,7 @@ def lr_find(
     snapshot = _Snapshot(model, optimizer, train_data)
     try:
         with preserved_modes(model):
-            history = fit(
+            fit(
                 model,
                 train_data,
                 epochs=num_iter,  # an upper bound: the sweep stops after num_iter batches
@@ -420,8 +415,6 @@ def lr_find(
                 scheduler=exponential,
                 scheduler_interval="step",
             )
-        if history.interrupted:
-            sweep.stop = "interrupted"
     except NonFiniteLossError:
         sweep.stop = "non-finite"
     finally:
