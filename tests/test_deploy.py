@@ -78,6 +78,10 @@ def _check_onnx(model: nn.Module, path: Path) -> None:
     before = _snapshot(model)
     assert export(model, path) == path
     _assert_untouched(model, before)
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.shape for i in session.get_inputs()] == [["batch", *model.input_shape]]
+    assert [o.shape for o in session.get_outputs()] == [["batch", model.num_classes]]
     for batch in (1, 5):  # one file, any batch size
         inputs = torch.randn(batch, *model.input_shape)
         outputs = _onnx_outputs(path, inputs)
@@ -111,7 +115,7 @@ def test_a_fixed_batch_onnx_file_takes_only_one_sample(tmp_path: Path) -> None:
         return session.get_inputs()[0].shape[0]
 
     assert batch_dim("fixed.onnx") == 1
-    assert isinstance(batch_dim("dynamic.onnx"), str)  # a named, symbolic dimension
+    assert batch_dim("dynamic.onnx") == "batch"  # a named, symbolic dimension
     with pytest.raises(ort.capi.onnxruntime_pybind11_state.InvalidArgument, match=r"dimension"):
         _onnx_outputs(tmp_path / "fixed.onnx", torch.randn(5, 2, 32))
 
@@ -130,6 +134,20 @@ def test_pt2_program_loads_back_with_the_same_outputs(name: str, tmp_path: Path)
     for batch in (1, 5):
         inputs = torch.randn(batch, *model.input_shape)
         torch.testing.assert_close(program(inputs), _eager(model, inputs), atol=ATOL, rtol=0)
+
+
+def test_a_channels_last_model_as_fit_leaves_it_exports_to_pt2(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_cnn((3, 16, 16), 4, channels=(4, 8), hidden=()).to(
+        memory_format=torch.channels_last
+    )
+    strides = [p.stride() for p in model.parameters()]
+    before = _snapshot(model)
+    program = torch.export.load(export(model, tmp_path / "model.pt2")).module()
+    _assert_untouched(model, before)
+    assert [p.stride() for p in model.parameters()] == strides  # still channels_last
+    inputs = torch.randn(5, 3, 16, 16)
+    torch.testing.assert_close(program(inputs), _eager(model, inputs), atol=ATOL, rtol=0)
 
 
 # ------------------------------------------------------------- what can't export

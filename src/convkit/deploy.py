@@ -101,7 +101,8 @@ def export(
     was in, and no parameter or buffer has changed. The export traces one sample of
     shape ``input_shape`` on the model's device and in its dtype.
 
-    ONNX: the graph's input is named ``"input"`` and its output ``"output"``; run it with
+    ONNX: the graph's input is named ``"input"``, its output ``"output"`` and their
+    dynamic first dimension ``"batch"``; run it with
     ``onnxruntime.InferenceSession(path).run(None, {"input": x})``. The whole model is
     one file, so it must stay below protobuf's 2 GB. ``.pt2``: load it with
     ``torch.export.load(path)`` and call ``.module()(x)`` on the result.
@@ -164,6 +165,7 @@ def export(
     with eval_mode(model):
         program = _trace(model, sample, dynamic_batch)
     if kind == "pt2":
+        _pack_contiguous(program)
         with atomic_write(target) as file:
             torch.export.save(program, file)
         return target
@@ -182,6 +184,22 @@ def _trace(
         return torch.export.export(model, (sample,), dynamic_shapes=dynamic)
     except Exception as err:
         raise _unexportable(err, model, "torch.export") from err
+
+
+def _pack_contiguous(program: torch.export.ExportedProgram) -> None:
+    """Give the program contiguous copies of the model's non-contiguous weights.
+
+    ``torch.export.save`` packs each weight's storage and expects it to be contiguous; a
+    ``channels_last`` weight (as ``fit`` leaves a CNN's) would be packed with a warning.
+    The model's own tensors are left as they are.
+    """
+    weights = program.state_dict
+    for name, tensor in list(weights.items()):
+        if not tensor.is_contiguous():
+            packed = tensor.detach().contiguous()
+            if isinstance(tensor, nn.Parameter):
+                packed = nn.Parameter(packed, requires_grad=tensor.requires_grad)
+            weights[name] = packed
 
 
 def _onnx_bytes(
@@ -204,8 +222,21 @@ def _onnx_bytes(
     except Exception as err:
         raise _unexportable(err, model, "ONNX") from err
     # with dynamo=True the exporter returns the program (it writes no file without f=)
-    data: bytes = cast(Any, onnx_program).model_proto.SerializeToString()
+    proto = cast(Any, onnx_program).model_proto
+    _name_batch_dimension(proto.graph)
+    data: bytes = proto.SerializeToString()
     return data
+
+
+def _name_batch_dimension(graph: Any) -> None:
+    """Call the dynamic batch dimension ``"batch"`` instead of torch's symbol (``s31``)."""
+    symbol = graph.input[0].type.tensor_type.shape.dim[0].dim_param
+    if not symbol:  # a fixed batch size
+        return
+    for value in (*graph.input, *graph.output, *graph.value_info):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param == symbol:
+                dim.dim_param = "batch"
 
 
 def _chain(err: BaseException) -> Iterator[BaseException]:
