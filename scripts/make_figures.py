@@ -6,9 +6,10 @@ Each figure is computed with PyTorch / convkit, not drawn by hand: the numbers i
 cross-correlation and pooling figures are what ``F.conv2d`` and ``F.max_pool2d``
 return, and the filters, feature maps, Grad-CAM maps and confusion matrix come from
 ``convkit.viz`` on the teaching notebook's CNN trained on the bundled MNIST sample.
-``theory-*.png`` (the Japanese theory page) have Japanese labels; ``viz-*.png`` and
-``training-curves.png`` (the English guides) English ones. PNGs at 200 dpi: twice the
-resolution at which the pages show them. /work/FIGURES.md lists what each one shows.
+``theory-*.png`` (the Japanese theory page) have Japanese labels; ``viz-*.png``,
+``training-curves.png`` and ``lr-find.png`` (the English guides) English ones. PNGs at
+200 dpi: twice the resolution at which the pages show them. /work/FIGURES.md lists what
+each one shows.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from matplotlib import font_manager
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from convkit import build_cnn, fit, mnist_sample, predict, viz
+from convkit import build_cnn, fit, lr_find, mnist_sample, predict, viz
 from convkit.shapes import receptive_field
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "img"
@@ -140,14 +141,25 @@ def receptive_field_growth() -> None:
 # ---------------------------------------------------- figures from a trained network
 
 
-def train_notebook_cnn() -> tuple[torch.nn.Module, object]:
+def notebook_cnn() -> torch.nn.Module:
     torch.manual_seed(0)
-    model = build_cnn((1, 28, 28), 10, channels=(32, 64), kernel_size=5, padding="valid",
-                      order="conv-pool-act-norm-dropout", dropout=0.25, hidden=(200,),
-                      head_norm="batch", head_dropout=0.25)  # fmt: skip
+    return build_cnn((1, 28, 28), 10, channels=(32, 64), kernel_size=5, padding="valid",
+                     order="conv-pool-act-norm-dropout", dropout=0.25, hidden=(200,),
+                     head_norm="batch", head_dropout=0.25)  # fmt: skip
+
+
+def train_notebook_cnn() -> tuple[torch.nn.Module, object]:
+    model = notebook_cnn()
     history = fit(model, mnist_sample(), epochs=5, val_data=mnist_sample(train=False),
                   device="cpu", progress=False, seed=0)  # fmt: skip
     return model, history
+
+
+def lr_finder_curve() -> None:
+    """lr_find on the untrained CNN, as the Training guide runs it (batch size 64)."""
+    result = lr_find(notebook_cnn(), mnist_sample(), batch_size=64, device="cpu", seed=0)
+    print(f"  {result!r}")
+    save(result.plot(), "lr-find.png")
 
 
 def training_curves(history) -> None:  # type: ignore[no-untyped-def]
@@ -277,6 +289,7 @@ if __name__ == "__main__":
     firsts = torch.stack([test_images[(test_labels == d).nonzero()[0, 0]] for d in range(8)])
     edge_filter(firsts[4])
     pooling_loses_information(firsts[4])
+    lr_finder_curve()
     model, history = train_notebook_cnn()
     training_curves(history)
     filters(model)

@@ -12,6 +12,7 @@ PUBLIC = {
     "CSVLogger",
     "EarlyStopping",
     "History",
+    "LRFinderResult",
     "ModelCheckpoint",
     "MonitorCallback",
     "NonFiniteLossError",
@@ -20,6 +21,7 @@ PUBLIC = {
     "available_devices",
     "evaluate",
     "fit",
+    "lr_find",
     "predict",
     "resolve_device",
     "setup_distributed",
@@ -38,6 +40,7 @@ PUBLIC = {
     "summary",
     # below and above both
     "DescribedModel",
+    "export",
     "load_checkpoint",
     "save_checkpoint",
     "mnist",
@@ -45,6 +48,7 @@ PUBLIC = {
     # the packages
     "checkpoints",
     "datasets",
+    "deploy",
     "layers",
     "models",
     "shapes",
@@ -203,6 +207,30 @@ def test_signatures_are_the_documented_ones() -> None:
         ("batch_size", kw, 256),
         *runtime,
     ]
+    assert _params(convkit.lr_find) == [
+        ("model", pos, inspect.Parameter.empty),
+        ("train_data", pos, inspect.Parameter.empty),
+        ("start_lr", kw, 1e-7),
+        ("end_lr", kw, 10.0),
+        ("num_iter", kw, 100),
+        ("beta", kw, 0.98),
+        ("early_stop_threshold", kw, 4.0),
+        ("batch_size", kw, 128),
+        ("drop_last", kw, None),
+        ("num_workers", kw, 0),
+        ("optimizer", kw, "adam"),
+        ("weight_decay", kw, 0.0),
+        ("loss", kw, None),
+        ("task", kw, "auto"),
+        ("device", kw, "auto"),
+        ("seed", kw, None),
+        *runtime,
+    ]
+    # every argument lr_find shares with fit has fit's default
+    shared = set(fit_params) & {n for n, _, _ in _params(convkit.lr_find)}
+    assert {n: d for n, _, d in _params(convkit.lr_find) if n in shared} == {
+        n: fit_params[n] for n in shared
+    }
     assert _params(convkit.predict)[2:] == [
         ("output", kw, "logits"),
         ("task", kw, "auto"),

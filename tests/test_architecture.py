@@ -29,6 +29,7 @@ SIDES = {
     "utils": "below",
     "datasets": "below",
     "viz": "above",
+    "deploy": "above",
     "__init__": "above",
 }
 

@@ -93,3 +93,55 @@ def test_install_pages_say_why_not_convkit(page: str) -> None:
     text = (ROOT / page).read_text(encoding="utf-8")
     assert len(WHY_PATTERN.findall(text)) == 1
     assert "pip install torch-convkit" in text
+
+
+# --------------------------------------------------------- no cap on torch's releases
+
+#: Specifier operators that refuse newer releases.
+CAPS = ("<", "<=", "==", "~=", "===")
+
+
+def upper_caps(requirements: list[str], names: tuple[str, ...]) -> list[str]:
+    """The requirements on ``names`` (outside extras) that refuse some newer release."""
+    from packaging.requirements import Requirement
+
+    found = []
+    for line in requirements:
+        requirement = Requirement(line)
+        in_extra = requirement.marker is not None and "extra" in str(requirement.marker)
+        if requirement.name in names and not in_extra:
+            found += [f"{requirement}" for spec in requirement.specifier if spec.operator in CAPS]
+    return found
+
+
+@pytest.mark.parametrize(
+    ("line", "capped"),
+    [
+        ("torch>=2.6", False),
+        ("torch>=2.6,<=2.14.1", True),
+        ("torchvision<0.30", True),
+        ("torch==2.14.1", True),
+        ("torch~=2.6", True),
+        ('torch<=2.14.1; extra == "bench"', False),  # an extra's pin is not the library's
+        ("numpy<2", False),  # not torch or torchvision
+    ],
+)
+def test_upper_caps_are_found(line: str, capped: bool) -> None:
+    assert bool(upper_caps([line], ("torch", "torchvision"))) is capped
+
+
+def test_metadata_puts_no_upper_cap_on_torch() -> None:
+    """A cap would refuse every newer torch for every user; the floors stay (CVE-2025-32434)."""
+    from packaging.requirements import Requirement
+
+    requirements = importlib.metadata.requires("torch-convkit") or []
+    assert not upper_caps(requirements, ("torch", "torchvision")), (
+        "the installed metadata caps torch; if pyproject.toml doesn't, the install is older "
+        "than it: reinstall with pip install -e ."
+    )
+    floors = {
+        r.name: {str(s) for s in r.specifier}
+        for r in map(Requirement, requirements)
+        if r.name in ("torch", "torchvision")
+    }
+    assert floors == {"torch": {">=2.6"}, "torchvision": {">=0.21"}}

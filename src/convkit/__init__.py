@@ -2,13 +2,16 @@
 
 Blocks ([`ConvBlock`][convkit.ConvBlock], [`Flatten`][convkit.Flatten],
 [`MLPHead`][convkit.MLPHead]), a CNN factory that infers its own flattened size
-([`build_cnn`][convkit.build_cnn]), and device-aware training loops
-([`fit`][convkit.fit], [`evaluate`][convkit.evaluate], [`predict`][convkit.predict]).
+([`build_cnn`][convkit.build_cnn]), device-aware training loops
+([`fit`][convkit.fit], [`evaluate`][convkit.evaluate], [`predict`][convkit.predict]), a
+learning-rate finder ([`lr_find`][convkit.lr_find]) and export to ONNX and ``torch.export``
+programs ([`export`][convkit.export]).
 """
 
-from . import checkpoints, datasets, layers, models, shapes, train, viz
+from . import checkpoints, datasets, deploy, layers, models, shapes, train, viz
 from .checkpoints import load_checkpoint, save_checkpoint
 from .datasets import mnist, mnist_sample
+from .deploy import export
 from .layers import (
     ConvBlock,
     DropPath,
@@ -26,6 +29,7 @@ from .train import (
     CSVLogger,
     EarlyStopping,
     History,
+    LRFinderResult,
     ModelCheckpoint,
     MonitorCallback,
     NonFiniteLossError,
@@ -34,6 +38,7 @@ from .train import (
     available_devices,
     evaluate,
     fit,
+    lr_find,
     predict,
     resolve_device,
     setup_distributed,
@@ -52,6 +57,7 @@ __all__ = [
     "EarlyStopping",
     "Flatten",
     "History",
+    "LRFinderResult",
     "MLPHead",
     "ModelCheckpoint",
     "MonitorCallback",
@@ -65,12 +71,15 @@ __all__ = [
     "build_cnn",
     "checkpoints",
     "datasets",
+    "deploy",
     "evaluate",
+    "export",
     "fit",
     "init_weights",
     "layers",
     "load_checkpoint",
     "load_model",
+    "lr_find",
     "mnist",
     "mnist_sample",
     "models",

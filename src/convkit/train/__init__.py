@@ -1,4 +1,4 @@
-"""Training: ``fit``, ``evaluate`` and ``predict`` for any ``nn.Module`` and any task.
+"""Training: ``fit``, ``evaluate``, ``predict`` and ``lr_find`` for any ``nn.Module`` and any task.
 
 The training side knows nothing about CNNs. What it needs from a model is the documented
 [`DescribedModel`][convkit.DescribedModel] protocol, and files go through
@@ -18,6 +18,7 @@ from .devices import available_devices, resolve_device
 from .distributed import setup_distributed
 from .history import History
 from .loops import evaluate, fit, predict
+from .lr_finder import LRFinderResult, lr_find
 from .run import NonFiniteLossError
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "Callback",
     "EarlyStopping",
     "History",
+    "LRFinderResult",
     "ModelCheckpoint",
     "MonitorCallback",
     "NonFiniteLossError",
@@ -33,6 +35,7 @@ __all__ = [
     "available_devices",
     "evaluate",
     "fit",
+    "lr_find",
     "predict",
     "resolve_device",
     "setup_distributed",
