@@ -52,7 +52,8 @@ FENCE = re.compile(
 # ------------------------------------------------------------------ code blocks run
 
 
-OUTPUT_FENCE = 'text title="Output"'
+#: The fence that shows what the code before it prints ("出力" on the Japanese pages).
+OUTPUT_FENCES = ('text title="Output"', 'text title="出力"')
 
 
 def python_blocks(page: Path) -> list[str]:
@@ -61,8 +62,8 @@ def python_blocks(page: Path) -> list[str]:
 
 
 def python_blocks_and_outputs(page: Path) -> list[tuple[str, str | None]]:
-    """Each ```python block with the ```text title="Output" block right after it, if any:
-    what the code prints, shown to the reader and compared by the test."""
+    """Each ```python block with the ```text title="Output" (or "出力") block right after
+    it, if any: what the code prints, shown to the reader and compared by the test."""
     text = page.read_text(encoding="utf-8")
     fences = list(FENCE.finditer(text))
     blocks: list[tuple[str, str | None]] = []
@@ -76,7 +77,7 @@ def python_blocks_and_outputs(page: Path) -> list[tuple[str, str | None]]:
         if (
             after is not None
             and not text[match.end() : after.start()].strip()
-            and after.group(0).splitlines()[0].strip().endswith(OUTPUT_FENCE)
+            and after.group(0).splitlines()[0].strip().endswith(OUTPUT_FENCES)
         ):
             output = "\n".join(line[indent:] for line in after["body"].splitlines())
         blocks.append((code, output))
@@ -88,12 +89,30 @@ def trains(page: Path) -> bool:
     return any("fit(" in block for block in python_blocks(page))
 
 
+#: Pages whose every ```python block runs on its own, imports and data included, so that a
+#: reader can copy any one block into a notebook cell: the theory page and the Japanese
+#: pages. The other pages' blocks share one namespace, like a notebook's cells.
+SELF_CONTAINED = [DOCS / "theory.md", *sorted(DOCS.rglob("*.ja.md"))]
+
+
+def run_block(
+    block: str, output: str | None, name: str, namespace: dict[str, object] | None = None
+) -> None:
+    """Run one code block; the output the page shows after it is what it prints."""
+    code = compile(block, name, "exec")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed) if output is not None else contextlib.nullcontext():
+        exec(code, {"__name__": f"docs:{name}"} if namespace is None else namespace)
+    if output is not None:
+        assert printed.getvalue().rstrip("\n") == output.rstrip("\n"), (name, printed.getvalue())
+
+
 @pytest.mark.parametrize(
     "page",
     [
         pytest.param(p, marks=[pytest.mark.slow] if trains(p) else [])
         for p in PAGES
-        if python_blocks(p)
+        if python_blocks(p) and p not in SELF_CONTAINED
     ],
     ids=lambda p: str(p.relative_to(ROOT)),
 )
@@ -101,17 +120,40 @@ def test_python_blocks_in_docs_run(page: Path, tmp_path: Path, monkeypatch) -> N
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {"__name__": f"docs:{page.name}"}
     for number, (block, output) in enumerate(python_blocks_and_outputs(page), start=1):
-        code = compile(block, f"{page.relative_to(ROOT)} (block {number})", "exec")
-        printed = io.StringIO()
-        with (
-            contextlib.redirect_stdout(printed) if output is not None else contextlib.nullcontext()
-        ):
-            exec(code, namespace)  # every block of a page shares one namespace, like a notebook
-        if output is not None:  # the output the page shows is what the code prints
-            assert printed.getvalue().rstrip("\n") == output.rstrip("\n"), (
-                number,
-                printed.getvalue(),
-            )
+        # every block of a page shares one namespace, like a notebook
+        run_block(block, output, f"{page.relative_to(ROOT)} (block {number})", namespace)
+
+
+@pytest.mark.parametrize(
+    ("page", "number"),
+    [
+        pytest.param(
+            page,
+            number,
+            marks=[pytest.mark.slow] if "fit(" in block else [],
+            id=f"{page.relative_to(ROOT)}:{number}",
+        )
+        for page in SELF_CONTAINED
+        for number, block in enumerate(python_blocks(page), start=1)
+    ],
+)
+def test_python_block_runs_on_its_own(page: Path, number: int, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    block, output = python_blocks_and_outputs(page)[number - 1]
+    run_block(block, output, f"{page.relative_to(ROOT)} (block {number})")
+
+
+def test_self_contained_pages_are_found() -> None:
+    names = {str(p.relative_to(DOCS)) for p in SELF_CONTAINED}
+    translated = {
+        "index",
+        "getting-started",
+        "guide/training",
+        "guide/visualisation",
+        "guide/tasks",
+    }
+    assert {"theory.md"} | {f"{name}.ja.md" for name in translated} <= names
+    assert sum(len(python_blocks(p)) for p in SELF_CONTAINED) >= 40
 
 
 def test_outputs_are_found_after_their_code(tmp_path: Path) -> None:

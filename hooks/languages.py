@@ -1,0 +1,97 @@
+"""MkDocs hooks for the site's two languages (mkdocs-static-i18n, suffix structure).
+
+The i18n plugin builds the site once per language: English at the root, Japanese under
+``ja/``, where ``page.ja.md`` replaces ``page.md``. A page without a ``.ja.md`` version is
+copied into the Japanese site as it is (the plugin's ``fallback_to_default``): English
+text under Japanese menus, with no word about it. Two hooks make that explicit:
+
+- ``on_post_page`` opens such a copy with a notice in Japanese that links to the English
+  page, and marks the English text as ``lang="en"``. The theory page, written in Japanese
+  (``lang: ja`` in its front matter), is not a copy to announce. The notice goes into the
+  finished HTML, after the search plugin has indexed the page, so the copy's entry stays
+  identical to the English page's and the plugin drops it as a duplicate.
+- ``on_page_markdown`` lets a page link to the Japanese version of another page as
+  ``page.ja.md`` from either build. The Japanese build resolves such a link itself; the
+  English build has no ``.ja.md`` files, so the link becomes the relative URL of the
+  page under ``ja/``.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from typing import Any
+
+from mkdocs.utils import get_relative_url
+
+JAPANESE = "ja"
+_ARTICLE = re.compile(r'<article class="md-content__inner md-typeset">')
+_JA_LINK = re.compile(r"\]\((?P<path>[^)\s#]+)\.ja\.md(?P<anchor>#[^)\s]*)?\)")
+
+NOTICE = (
+    '<div class="admonition info" lang="ja" data-untranslated>'
+    '<p class="admonition-title">未翻訳のページ</p>'
+    "<p>このページはまだ日本語に翻訳されていません。"
+    '以下は<a href="{english}">英語版のページ</a>と同じ内容です。</p>'
+    "</div>"
+)
+
+
+def build_language(config: Any) -> str:
+    """The language the plugin is building now (it sets Material's ``theme.language``)."""
+    return str(config.theme["language"])
+
+
+def is_untranslated_copy(page: Any, config: Any) -> bool:
+    """Whether ``page`` is an English page copied into the Japanese build."""
+    return (
+        build_language(config) == JAPANESE
+        and not page.file.src_uri.endswith(f".{JAPANESE}.md")
+        and page.meta.get("lang") != JAPANESE
+    )
+
+
+def english_url(page_url: str) -> str:
+    """The URL of the English page whose copy sits at ``page_url`` (``ja/guide/x/``)."""
+    return page_url.removeprefix(f"{JAPANESE}/")
+
+
+def add_notice(html: str, page_url: str) -> str:
+    """``html`` of a copied English page with the Japanese notice at the top."""
+    link = get_relative_url(english_url(page_url), page_url)
+    notice = NOTICE.format(english=link)
+    return _ARTICLE.sub(
+        lambda m: m.group(0).replace("<article ", '<article lang="en" ') + notice, html, count=1
+    )
+
+
+def japanese_url(src_uri: str) -> str:
+    """The URL of the Japanese page built from ``src_uri`` (``guide/x.ja.md``)."""
+    path = src_uri.removesuffix(f".{JAPANESE}.md")
+    if path == "index" or path.endswith("/index"):
+        path = path.removesuffix("index").rstrip("/")
+    return f"{JAPANESE}/{path}/" if path else f"{JAPANESE}/"
+
+
+def japanese_links(markdown: str, src_uri: str, page_url: str) -> str:
+    """``markdown`` of the page built from ``src_uri`` at ``page_url``, with each link to a
+    ``page.ja.md`` turned into the relative URL of that Japanese page."""
+
+    def url(match: re.Match[str]) -> str:
+        target = posixpath.normpath(posixpath.join(posixpath.dirname(src_uri), match["path"]))
+        link = get_relative_url(japanese_url(f"{target}.{JAPANESE}.md"), page_url)
+        return f"]({link}{match['anchor'] or ''})"
+
+    return _JA_LINK.sub(url, markdown)
+
+
+def on_page_markdown(markdown: str, *, page: Any, config: Any, **kwargs: Any) -> str:
+    if build_language(config) == JAPANESE:
+        return markdown  # the plugin resolves page.ja.md itself
+    return japanese_links(markdown, page.file.src_uri, page.url)
+
+
+def on_post_page(output: str, *, page: Any, config: Any, **kwargs: Any) -> str:
+    if not is_untranslated_copy(page, config):
+        return output
+    return add_notice(output, page.url)
