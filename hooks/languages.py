@@ -3,13 +3,19 @@
 The i18n plugin builds the site once per language: English at the root, Japanese under
 ``ja/``, where ``page.ja.md`` replaces ``page.md``. A page without a ``.ja.md`` version is
 copied into the Japanese site as it is (the plugin's ``fallback_to_default``): English
-text under Japanese menus, with no word about it. Two hooks make that explicit:
+text under Japanese menus, with no word about it. The hooks here:
 
 - ``on_post_page`` opens such a copy with a notice in Japanese that links to the English
   page, and marks the English text as ``lang="en"``. The theory page, written in Japanese
   (``lang: ja`` in its front matter), is not a copy to announce. The notice goes into the
   finished HTML, after the search plugin has indexed the page, so the copy's entry stays
   identical to the English page's and the plugin drops it as a duplicate.
+- ``on_post_page`` also gives the headings' link symbol a Japanese tooltip on the Japanese
+  side (the rest of the interface is Material's ``language: ja``).
+- ``on_page_context`` makes the home pages' language switch relative, like every other
+  page's. The site has one 404 page, English: ``on_template_context`` points its switch
+  at the two home pages, and ``on_post_build`` writes it back after the Japanese build,
+  which writes its own.
 - ``on_page_markdown`` lets a page link to the Japanese version of another page as
   ``page.ja.md`` from either build. The Japanese build resolves such a link itself; the
   English build has no ``.ja.md`` files, so the link becomes the relative URL of the
@@ -20,14 +26,21 @@ from __future__ import annotations
 
 import posixpath
 import re
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+from mkdocs.plugins import event_priority
 from mkdocs.utils import get_relative_url
 
 JAPANESE = "ja"
 _ARTICLE = re.compile(r'<article class="md-content__inner md-typeset">')
 _JA_LINK = re.compile(r"\]\((?P<path>[^)\s#]+)\.ja\.md(?P<anchor>#[^)\s]*)?\)")
 
+#: The English 404 page of each site folder, kept to be written back after the Japanese build.
+_ENGLISH_404: dict[str, str] = {}
+PERMALINK_EN = 'title="Permanent link"'
+PERMALINK_JA = 'title="この見出しへのリンク"'
 NOTICE = (
     '<div class="admonition info" lang="ja" data-untranslated>'
     '<p class="admonition-title">未翻訳のページ</p>'
@@ -91,7 +104,48 @@ def on_page_markdown(markdown: str, *, page: Any, config: Any, **kwargs: Any) ->
     return japanese_links(markdown, page.file.src_uri, page.url)
 
 
+def on_page_context(context: Any, *, page: Any, config: Any, **kwargs: Any) -> Any:
+    # The plugin points each page's language switch at its other-language page, except on
+    # the two home pages, which keep site-root paths (/convkit/ja/): broken under mike's
+    # version folders (/convkit/latest/ja/) and in a local build. Relative links instead.
+    alternates = getattr(page.file, "alternates", {})
+    # the plugin sets the page's list as an attribute, which the template reads first
+    for alternate in getattr(config.extra, "alternate", None) or config.extra.get("alternate", []):
+        file = alternates.get(alternate["lang"])
+        if file is not None and alternate["link"].startswith("/"):
+            alternate["link"] = file.url or "./"
+    return context
+
+
+def on_template_context(context: Any, *, template_name: str, config: Any, **kwargs: Any) -> Any:
+    # The 404 page is rendered after the pages and would keep the last page's language
+    # switch: point it at the two home pages, from the site's root as the 404 page is.
+    if template_name == "404.html":
+        root = urlsplit(config.site_url or "/").path.rstrip("/")
+        for alternate in getattr(config.extra, "alternate", None) or []:
+            alternate["link"] = f"{root}/" if alternate["lang"] == "en" else f"{root}/ja/"
+    return context
+
+
+def on_post_template(output: str, *, template_name: str, config: Any, **kwargs: Any) -> str:
+    if template_name == "404.html" and build_language(config) != JAPANESE:
+        _ENGLISH_404[config.site_dir] = output
+    return output
+
+
+@event_priority(-200)  # after the i18n plugin (-100), which builds the Japanese side then
+def on_post_build(*, config: Any, **kwargs: Any) -> None:
+    # Each build writes the site's one 404.html; the Japanese build, the last, would win.
+    english = _ENGLISH_404.get(config.site_dir)
+    if english is not None:
+        Path(config.site_dir, "404.html").write_text(english, encoding="utf-8")
+
+
 def on_post_page(output: str, *, page: Any, config: Any, **kwargs: Any) -> str:
-    if not is_untranslated_copy(page, config):
+    if build_language(config) != JAPANESE:
         return output
-    return add_notice(output, page.url)
+    # the headings' link symbol: its tooltip comes from the toc extension, in English
+    output = output.replace(PERMALINK_EN, PERMALINK_JA)
+    if is_untranslated_copy(page, config):
+        output = add_notice(output, page.url)
+    return output
