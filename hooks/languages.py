@@ -15,7 +15,8 @@ text under Japanese menus, with no word about it. The hooks here:
 - ``on_page_context`` makes the home pages' language switch relative, like every other
   page's. The site has one 404 page, English: ``on_template_context`` points its switch
   at the two home pages, and ``on_post_build`` writes it back after the Japanese build,
-  which writes its own.
+  which writes its own. Both drop Material's ``<link rel="alternate">`` tags (see
+  ``without_alternate_links``).
 - ``on_page_markdown`` lets a page link to the Japanese version of another page as
   ``page.ja.md`` from either build. The Japanese build resolves such a link itself; the
   English build has no ``.ja.md`` files, so the link becomes the relative URL of the
@@ -35,6 +36,7 @@ from mkdocs.utils import get_relative_url
 
 JAPANESE = "ja"
 _ARTICLE = re.compile(r'<article class="md-content__inner md-typeset">')
+_ALTERNATE_LINK = re.compile(r'[ \t]*<link rel="alternate" href="[^"]*" hreflang="[^"]*">\n?')
 _JA_LINK = re.compile(r"\]\((?P<path>[^)\s#]+)\.ja\.md(?P<anchor>#[^)\s]*)?\)")
 
 #: The English 404 page of each site folder, kept to be written back after the Japanese build.
@@ -128,7 +130,10 @@ def on_template_context(context: Any, *, template_name: str, config: Any, **kwar
 
 
 def on_post_template(output: str, *, template_name: str, config: Any, **kwargs: Any) -> str:
-    if template_name == "404.html" and build_language(config) != JAPANESE:
+    if template_name != "404.html":
+        return output
+    output = without_alternate_links(output)
+    if build_language(config) != JAPANESE:
         _ENGLISH_404[config.site_dir] = output
     return output
 
@@ -141,7 +146,19 @@ def on_post_build(*, config: Any, **kwargs: Any) -> None:
         Path(config.site_dir, "404.html").write_text(english, encoding="utf-8")
 
 
+def without_alternate_links(html: str) -> str:
+    """``html`` without the ``<link rel="alternate" hreflang>`` tags in its head.
+
+    Material's JavaScript fetches ``sitemap.xml`` below each of them, as if they led to a
+    language's root; the plugin's lead to the page itself, so every page asked for two
+    sitemaps that don't exist (404s in the console). The header's language switch and
+    the hreflang entries of the site's sitemap.xml stay.
+    """
+    return _ALTERNATE_LINK.sub("", html)
+
+
 def on_post_page(output: str, *, page: Any, config: Any, **kwargs: Any) -> str:
+    output = without_alternate_links(output)
     if build_language(config) != JAPANESE:
         return output
     # the headings' link symbol: its tooltip comes from the toc extension, in English

@@ -713,6 +713,8 @@ def test_languages_hook_links_and_notice() -> None:
     assert notice and "まだ日本語に翻訳されていません" in notice.group(0)
     assert 'href="../../../guide/devices/"' in notice.group(0)
     assert noticed.index("</div>") < noticed.index("<h1>")
+    head = '<head>\n    <link rel="alternate" href="../ja/" hreflang="ja">\n    <title>'
+    assert hook.without_alternate_links(head) == "<head>\n    <title>"
 
 
 @pytest.mark.slow
@@ -1016,12 +1018,11 @@ def test_theory_formulas_are_typeset(browser) -> None:  # type: ignore[no-untype
     assert (ARTIFACTS / "theory.png").stat().st_size > 10_000
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("query", ["重み共有", "ストライド"])
-def test_japanese_search_finds_the_theory_page(browser, query: str) -> None:  # type: ignore[no-untyped-def]
+def search(browser, start: str, query: str) -> list[str]:  # type: ignore[no-untyped-def]
+    """The links the search box lists for ``query`` on the page at ``start``."""
     from selenium.webdriver.common.by import By
 
-    browser.get(browser.base_url + "/")
+    browser.get(browser.base_url + start)
     box = browser.find_element(By.CSS_SELECTOR, "input.md-search__input")
     browser.execute_script("document.querySelector('label[for=__search]').click()")
     wait_for(lambda: box.is_displayed())
@@ -1031,10 +1032,25 @@ def test_japanese_search_finds_the_theory_page(browser, query: str) -> None:  # 
         links = browser.find_elements(By.CSS_SELECTOR, ".md-search-result__item a")
         return [link.get_attribute("href") for link in links]
 
-    hrefs = wait_for(results)
+    return wait_for(results)  # type: ignore[no-any-return]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("start", ["/", "/ja/"])
+@pytest.mark.parametrize("query", ["重み共有", "ストライド", "パディング", "受容野"])
+def test_japanese_search_finds_the_theory_page(browser, start: str, query: str) -> None:  # type: ignore[no-untyped-def]
+    hrefs = search(browser, start, query)
     assert any("/theory/" in href for href in hrefs), hrefs
     ARTIFACTS.mkdir(exist_ok=True)
-    browser.save_screenshot(str(ARTIFACTS / f"search-{len(query)}.png"))
+    name = "ja-" if start == "/ja/" else ""
+    browser.save_screenshot(str(ARTIFACTS / f"search-{name}{len(query)}.png"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("query", ["学習曲線", "はじめての学習"])
+def test_japanese_search_finds_the_tutorial(browser, query: str) -> None:  # type: ignore[no-untyped-def]
+    hrefs = search(browser, "/ja/", query)
+    assert any("/ja/getting-started/" in href for href in hrefs), hrefs
 
 
 @pytest.mark.slow
@@ -1060,7 +1076,15 @@ def test_pages_request_nothing_from_elsewhere(browser) -> None:  # type: ignore[
     browser.get_log("performance")  # drop what earlier tests left
     browser.get_log("browser")
     requested, console_errors = [], []
-    for path in ("/", "/theory/", "/guide/training/", "/reference/blocks/"):
+    pages = (
+        "/",
+        "/theory/",
+        "/guide/training/",
+        "/reference/blocks/",
+        "/ja/",
+        "/ja/guide/devices/",
+    )
+    for path in pages:
         browser.get(browser.base_url + path)
         wait_for(lambda: browser.execute_script("return document.readyState") == "complete")
         # Material asks for repository facts after the page has loaded: give it the time
@@ -1106,3 +1130,130 @@ def test_theory_page_in_the_browser_figures_and_text(browser) -> None:  # type: 
     ]
     assert not spaced, spaced
     assert browser.execute_script("return document.documentElement.lang") == "ja"
+
+
+def typeset(browser) -> None:  # type: ignore[no-untyped-def]
+    """Wait until MathJax has typeset the page (when it has formulas) and fonts are loaded."""
+    wait_for(lambda: browser.execute_script("return document.readyState") == "complete")
+    formulas = browser.execute_script("return document.querySelectorAll('.arithmatex').length")
+    wait_for(
+        lambda: (
+            browser.execute_script("return document.querySelectorAll('mjx-container').length")
+            >= formulas
+        )
+    )
+    browser.set_script_timeout(30)
+    browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "MathJax.startup.promise.then(() => document.fonts.ready).then(() => done(true));"
+    )
+
+
+@contextlib.contextmanager
+def window_width(browser, width: int) -> Iterator[None]:  # type: ignore[no-untyped-def]
+    browser.set_window_size(width, 900)
+    try:
+        yield
+    finally:
+        browser.set_window_size(1280, 1000)
+
+
+#: The Japanese pages to lay out: the theory page (on both sides) and the tutorial.
+LAID_OUT = ["/theory/", "/ja/theory/", "/ja/getting-started/"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", LAID_OUT)
+def test_japanese_pages_fit_a_phone_screen(browser, path: str) -> None:  # type: ignore[no-untyped-def]
+    with window_width(browser, 390):
+        browser.get(browser.base_url + path)
+        typeset(browser)
+        assert browser.execute_script("return window.innerWidth") == 390
+        # nothing wider than the screen: wide formulas, code and tables scroll in their box
+        width = browser.execute_script("return document.documentElement.scrollWidth")
+        assert width <= 390, (path, width)
+        if path == "/ja/getting-started/":
+            ARTIFACTS.mkdir(exist_ok=True)
+            browser.save_screenshot(str(ARTIFACTS / "tutorial-390.png"))
+
+
+#: Characters a Japanese line must not start with (kinsoku): the long vowel mark and the
+#: small kana.
+NO_LINE_START = "ーぁぃぅぇぉっゃゅょゎァィゥェォッャュョヮヵヶ"
+LINE_STARTS = """
+const marks = new RegExp('[' + arguments[0] + ']');
+const range = document.createRange();
+function box(node, i) {
+  range.setStart(node, i);
+  range.setEnd(node, i + 1);
+  const rects = range.getClientRects();
+  return rects.length ? rects[0] : null;
+}
+const walker = document.createTreeWalker(document.querySelector('article'), NodeFilter.SHOW_TEXT);
+let checked = 0;
+const starts = [];
+while (walker.nextNode()) {
+  const node = walker.currentNode, text = node.data;
+  if (node.parentElement.closest('pre, code, mjx-container, script, style')) continue;
+  for (let i = 1; i < text.length; i++) {
+    if (!marks.test(text[i]) || /\\s/.test(text[i - 1])) continue;
+    const here = box(node, i), before = box(node, i - 1);
+    if (!here || !before || here.width === 0) continue;
+    checked++;
+    if (here.top >= before.bottom - 1) starts.push(text.slice(Math.max(0, i - 6), i + 3));
+  }
+}
+return [checked, starts];
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", ["/theory/", "/ja/getting-started/", "/ja/guide/tasks/"])
+def test_no_line_starts_with_a_long_vowel_mark_or_small_kana(browser, path: str) -> None:  # type: ignore[no-untyped-def]
+    browser.get(browser.base_url + path)
+    typeset(browser)
+    found = {}
+    for width in range(360, 1300, 40):  # phones to desktops: each width breaks lines anew
+        with window_width(browser, width):
+            checked, starts = browser.execute_script(LINE_STARTS, NO_LINE_START)
+            assert checked > 50  # the check saw the page's text
+            if starts:
+                found[width] = starts
+    assert not found, found
+
+
+#: The Japanese fonts of docs/stylesheets/japanese.css, one per system.
+JAPANESE_FONTS = ("Hiragino Sans", "Noto Sans CJK JP", "Yu Gothic", "Meiryo")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", ["/theory/", "/ja/getting-started/"])
+def test_japanese_text_style_in_the_browser(browser, path: str) -> None:  # type: ignore[no-untyped-def]
+    browser.get(browser.base_url + path)
+    typeset(browser)
+    styles = browser.execute_script(
+        "return [...document.querySelectorAll('article figcaption')]"
+        ".map(c => getComputedStyle(c).fontStyle)"
+    )
+    assert styles and set(styles) == {"normal"}, styles  # upright: no synthetic italics
+    family = browser.execute_script(
+        "return getComputedStyle(document.querySelector('article p')).fontFamily"
+    )
+    assert all(font in family for font in JAPANESE_FONTS), family
+    assert not browser.execute_script(  # system fonts only: nothing but MathJax's own
+        "return [...document.fonts].filter(f => !f.family.startsWith('MJX')).length"
+    )
+    # the Japanese glyphs are drawn with one of those fonts (Noto Sans CJK JP on Linux)
+    browser.execute_cdp_cmd("DOM.enable", {})
+    browser.execute_cdp_cmd("CSS.enable", {})
+    root = browser.execute_cdp_cmd("DOM.getDocument", {"depth": -1})["root"]["nodeId"]
+    node = browser.execute_cdp_cmd("DOM.querySelector", {"nodeId": root, "selector": "article p"})
+    fonts = browser.execute_cdp_cmd("CSS.getPlatformFontsForNode", {"nodeId": node["nodeId"]})
+    cjk = max(fonts["fonts"], key=lambda font: font["glyphCount"])
+    assert cjk["familyName"] in JAPANESE_FONTS, fonts
+    # English pages keep Material's fonts
+    browser.get(browser.base_url + "/guide/training/")
+    english = browser.execute_script(
+        "return getComputedStyle(document.querySelector('article p')).fontFamily"
+    )
+    assert "Noto Sans CJK JP" not in english, english
