@@ -52,7 +52,8 @@ FENCE = re.compile(
 # ------------------------------------------------------------------ code blocks run
 
 
-OUTPUT_FENCE = 'text title="Output"'
+#: The fence that shows what the code before it prints ("出力" on the Japanese pages).
+OUTPUT_FENCES = ('text title="Output"', 'text title="出力"')
 
 
 def python_blocks(page: Path) -> list[str]:
@@ -61,8 +62,8 @@ def python_blocks(page: Path) -> list[str]:
 
 
 def python_blocks_and_outputs(page: Path) -> list[tuple[str, str | None]]:
-    """Each ```python block with the ```text title="Output" block right after it, if any:
-    what the code prints, shown to the reader and compared by the test."""
+    """Each ```python block with the ```text title="Output" (or "出力") block right after
+    it, if any: what the code prints, shown to the reader and compared by the test."""
     text = page.read_text(encoding="utf-8")
     fences = list(FENCE.finditer(text))
     blocks: list[tuple[str, str | None]] = []
@@ -76,7 +77,7 @@ def python_blocks_and_outputs(page: Path) -> list[tuple[str, str | None]]:
         if (
             after is not None
             and not text[match.end() : after.start()].strip()
-            and after.group(0).splitlines()[0].strip().endswith(OUTPUT_FENCE)
+            and after.group(0).splitlines()[0].strip().endswith(OUTPUT_FENCES)
         ):
             output = "\n".join(line[indent:] for line in after["body"].splitlines())
         blocks.append((code, output))
@@ -88,12 +89,30 @@ def trains(page: Path) -> bool:
     return any("fit(" in block for block in python_blocks(page))
 
 
+#: Pages whose every ```python block runs on its own, imports and data included, so that a
+#: reader can copy any one block into a notebook cell: the theory page and the Japanese
+#: pages. The other pages' blocks share one namespace, like a notebook's cells.
+SELF_CONTAINED = [DOCS / "theory.md", *sorted(DOCS.rglob("*.ja.md"))]
+
+
+def run_block(
+    block: str, output: str | None, name: str, namespace: dict[str, object] | None = None
+) -> None:
+    """Run one code block; the output the page shows after it is what it prints."""
+    code = compile(block, name, "exec")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed) if output is not None else contextlib.nullcontext():
+        exec(code, {"__name__": f"docs:{name}"} if namespace is None else namespace)
+    if output is not None:
+        assert printed.getvalue().rstrip("\n") == output.rstrip("\n"), (name, printed.getvalue())
+
+
 @pytest.mark.parametrize(
     "page",
     [
         pytest.param(p, marks=[pytest.mark.slow] if trains(p) else [])
         for p in PAGES
-        if python_blocks(p)
+        if python_blocks(p) and p not in SELF_CONTAINED
     ],
     ids=lambda p: str(p.relative_to(ROOT)),
 )
@@ -101,17 +120,40 @@ def test_python_blocks_in_docs_run(page: Path, tmp_path: Path, monkeypatch) -> N
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {"__name__": f"docs:{page.name}"}
     for number, (block, output) in enumerate(python_blocks_and_outputs(page), start=1):
-        code = compile(block, f"{page.relative_to(ROOT)} (block {number})", "exec")
-        printed = io.StringIO()
-        with (
-            contextlib.redirect_stdout(printed) if output is not None else contextlib.nullcontext()
-        ):
-            exec(code, namespace)  # every block of a page shares one namespace, like a notebook
-        if output is not None:  # the output the page shows is what the code prints
-            assert printed.getvalue().rstrip("\n") == output.rstrip("\n"), (
-                number,
-                printed.getvalue(),
-            )
+        # every block of a page shares one namespace, like a notebook
+        run_block(block, output, f"{page.relative_to(ROOT)} (block {number})", namespace)
+
+
+@pytest.mark.parametrize(
+    ("page", "number"),
+    [
+        pytest.param(
+            page,
+            number,
+            marks=[pytest.mark.slow] if "fit(" in block else [],
+            id=f"{page.relative_to(ROOT)}:{number}",
+        )
+        for page in SELF_CONTAINED
+        for number, block in enumerate(python_blocks(page), start=1)
+    ],
+)
+def test_python_block_runs_on_its_own(page: Path, number: int, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    block, output = python_blocks_and_outputs(page)[number - 1]
+    run_block(block, output, f"{page.relative_to(ROOT)} (block {number})")
+
+
+def test_self_contained_pages_are_found() -> None:
+    names = {str(p.relative_to(DOCS)) for p in SELF_CONTAINED}
+    translated = {
+        "index",
+        "getting-started",
+        "guide/training",
+        "guide/visualisation",
+        "guide/tasks",
+    }
+    assert {"theory.md"} | {f"{name}.ja.md" for name in translated} <= names
+    assert sum(len(python_blocks(p)) for p in SELF_CONTAINED) >= 40
 
 
 def test_outputs_are_found_after_their_code(tmp_path: Path) -> None:
@@ -194,6 +236,70 @@ def test_theory_terms() -> None:
     assert "相互相関" in THEORY and "cross-correlation" in THEORY
     assert "F.unfold" in THEORY and "im2col" in THEORY
     assert THEORY.count('??? note "解答"') >= 8
+
+
+def test_theory_cites_every_reference_it_lists() -> None:
+    body, references = THEORY.split("## 20. 参考文献\n")
+    numbers = [int(n) for n in re.findall(r"^(\d+)\. ", references, re.M)]
+    anchors = [int(n) for n in re.findall(r"^ +\{ #ref-(\d+) \}$", references, re.M)]
+    assert numbers == anchors == list(range(1, len(numbers) + 1))  # each item has its anchor
+    citations = re.findall(r"\[\[(\d+)\]\]\(#ref-(\d+)\)", body)
+    assert all(label == target for label, target in citations), citations
+    assert {int(n) for n, _ in citations} == set(numbers)  # cited inline, all of them
+    # the two the issue found listed but never cited, where they apply
+    assert "Luo ら [[13]](#ref-13)" in section(11) and "Zhang [[16]](#ref-16)" in section(10)
+    assert "Identity Mappings" in references and "[[18]](#ref-18)" in section(17)
+
+
+def section(number: int) -> str:
+    """The text of the theory page's section ``number``."""
+    return re.split(r"^## \d+\. ", THEORY, flags=re.M)[number]
+
+
+def test_theory_says_which_formulas_are_shapes_functions() -> None:
+    import convkit.shapes
+
+    intro = THEORY.split("## 1. ")[0]
+    claim = next(p for p in intro.split("\n\n") if "convkit.shapes" in p and "の関数" in p)
+    named = re.findall(r"`(\w+)`", claim.split("の関数")[1].split("として")[0])
+    assert set(named) == {
+        "conv_output_size",
+        "same_padding",
+        "conv_params",
+        "pool_output_size",
+        "receptive_field",
+        "conv_macs",
+    }
+    blocks = python_blocks(DOCS / "theory.md")
+    for name in named:  # each is a convkit.shapes function the page's code calls
+        assert callable(getattr(convkit.shapes, name, None)), name
+        assert any(f"{name}(" in block for block in blocks), name
+    # the formulas that are not: named as such, never claimed as shapes functions
+    rest = claim.replace("\n", "").split("それ以外の式")[1].split("の関数ではなく")[0]
+    for formula in ('"SAME"', "バッチ正規化", "逆伝播", "Grad-CAM", "転置畳み込み"):
+        assert formula in rest, formula
+    assert "式はすべて" not in THEORY
+    for page in (DOCS / "index.md", DOCS / "index.ja.md", ROOT / "README.md"):
+        assert "every formula" not in page.read_text(encoding="utf-8"), page
+
+
+def test_theory_links_to_the_japanese_tutorial() -> None:
+    assert "[はじめての学習](getting-started.ja.md)" in section(0)
+    assert "[はじめての学習](getting-started.ja.md)" in section(15)
+
+
+@pytest.mark.parametrize(
+    ("guide", "number"),
+    [("build-cnn.md", 11), ("visualisation.md", 15), ("residual-blocks.md", 17)],
+)
+def test_guides_link_to_their_theory_section(guide: str, number: int) -> None:
+    from pymdownx.slugs import slugify
+
+    heading = re.search(rf"^## ({number}\. .+)$", THEORY, re.M)
+    assert heading
+    anchor = slugify(case="lower")(heading.group(1), "-")
+    text = (DOCS / "guide" / guide).read_text(encoding="utf-8")
+    assert f"(../theory.md#{anchor})" in text, anchor
 
 
 FIGURE = re.compile(
@@ -415,7 +521,8 @@ def test_japanese_headings_get_anchors() -> None:
 # space is wrong (「学習に␣任されて」). Checked on the text as a reader sees it: each block
 # element (paragraph, list item, table cell...) on its own, code blocks left out.
 CJK = "\u3000-\u303f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef"
-SPACE_BETWEEN_CJK = re.compile(f"[{CJK}][ \t\r\n]+[{CJK}]")
+# ... and after 、 or 。 whatever follows (「並べます。␣PyTorch」): they carry their own space.
+SPACE_BETWEEN_CJK = re.compile(f"[{CJK}][ \t\r\n]+[{CJK}]|[、。][ \t\r\n]+(?=[^\\s\0])")
 BLOCK_TAGS = {
     "address", "article", "aside", "blockquote", "br", "dd", "details", "div", "dl", "dt",
     "figcaption", "figure", "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6", "header",
@@ -464,6 +571,7 @@ def test_spaces_between_cjk_are_found() -> None:
     assert spaces_between_cjk("<p><strong>重み</strong>\n<em>共有</em></p>") == ["重み\n共有"]
     assert spaces_between_cjk("<tr><td>記号</td>\n<td>意味</td></tr>") == []  # two cells
     assert spaces_between_cjk("<p>（a）24\u3000（b）</p><pre>学習 任せ</pre>") == []
+    assert spaces_between_cjk("<p>並べます。\nPyTorch</p>") == ["並べます。\nPyTorch"]
 
 
 def test_hook_joins_lines_between_cjk_only() -> None:
@@ -472,6 +580,141 @@ def test_hook_joins_lines_between_cjk_only() -> None:
     joined = "<p>学習に<strong>任されて</strong>います。the\nnext 行と\nPyTorch</p>"
     assert hook.join_cjk_lines(html) == joined
     assert hook.join_cjk_lines("<pre>学習\n任せ</pre>") == "<pre>学習\n任せ</pre>"
+
+
+def test_hook_joins_lines_after_japanese_punctuation() -> None:
+    hook = load_hook("japanese")
+    html = "<p>順に並べます。\nPyTorch の\n<code>x</code>、\n<span>1</span> 枚（第 9 節）\n2 つ</p>"
+    joined = "<p>順に並べます。PyTorch の\n<code>x</code>、<span>1</span> 枚（第 9 節）2 つ</p>"
+    assert hook.join_cjk_lines(html) == joined
+    assert hook.join_cjk_lines("<pre>a、\nb</pre>") == "<pre>a、\nb</pre>"  # code as written
+
+
+#: The Japanese markdown: the theory page and the translations.
+JAPANESE_PAGES = [DOCS / "theory.md", *sorted(DOCS.rglob("*.ja.md"))]
+#: A space (half- or full-width) after 、 or 。: shown as a gap before the next word.
+SPACE_AFTER_PUNCTUATION = re.compile("[、。][ \t\u3000]+(?=\\S)")
+
+
+def prose(markdown: str) -> str:
+    """``markdown`` without code blocks and HTML comments, each inline code or formula
+    replaced by ``X``."""
+    text = FENCE.sub("", markdown)
+    text = re.sub(r"<!--.*?-->|\$\$.*?\$\$", "", text, flags=re.S)
+    return re.sub(r"`[^`\n]*`|\\\(.*?\\\)", "X", text)
+
+
+def test_space_after_punctuation_is_found() -> None:
+    found = SPACE_AFTER_PUNCTUATION.findall(prose("並べます。 PyTorch と、\u30002 つ。`a。 b`"))
+    assert found == ["。 ", "、\u3000"]
+
+
+@pytest.mark.parametrize("page", JAPANESE_PAGES, ids=lambda p: str(p.relative_to(DOCS)))
+def test_no_space_after_japanese_punctuation_in_the_markdown(page: Path) -> None:
+    text = prose(page.read_text(encoding="utf-8"))
+    found = [text[m.start() - 10 : m.end() + 10] for m in SPACE_AFTER_PUNCTUATION.finditer(text)]
+    assert not found, found
+    assert not re.findall(r"^[ \t]*ー", text, re.M)  # no source line starts with ー
+
+
+@pytest.mark.parametrize(
+    "page", sorted(DOCS.rglob("*.ja.md")), ids=lambda p: str(p.relative_to(DOCS))
+)
+def test_japanese_pages_keep_the_english_heading_ids(page: Path) -> None:
+    """A link to page.md#anchor from an English page reaches the same section of
+    page.ja.md when the Japanese side shows it."""
+    from pymdownx.slugs import slugify
+
+    english = FENCE.sub("", page.with_name(page.name.replace(".ja.md", ".md")).read_text())
+    slug = slugify(case="lower")
+    ids = [slug(re.sub(r"`", "", h), "-") for h in re.findall(r"^## (.+)$", english, re.M)]
+    japanese = page.read_text(encoding="utf-8")
+    kept = re.findall(r"^## .+ \{ #([\w-]+) \}$", japanese, re.M)
+    assert sorted(kept) == sorted(ids), (kept, ids)
+
+
+TUTORIAL = DOCS / "getting-started.ja.md"
+TUTORIAL_SCRIPT = ROOT / "examples" / "ja_first_training.py"
+
+
+def test_tutorial_shows_the_whole_script_in_order() -> None:
+    script = TUTORIAL_SCRIPT.read_text(encoding="utf-8")
+    sections = re.findall(r"^# --8<-- \[start:([\w-]+)\]$", script, re.M)
+    shown = re.findall(
+        r'^--8<-- "examples/ja_first_training\.py:([\w-]+)"$',
+        TUTORIAL.read_text(encoding="utf-8"),
+        re.M,
+    )
+    assert shown == sections and len(sections) >= 8
+    # every line of code is in a section: the page shows the script, all of it
+    outside = re.sub(r"(?ms)^# --8<-- \[start:.*?^# --8<-- \[end:[\w-]+\]$", "", script)
+    outside = re.sub(r'(?s)^""".*?"""', "", outside)
+    assert not outside.strip(), outside
+    steps = ("build_cnn(", "fit(", "evaluate(", "history.plot()", "plot_filters(",
+             "plot_feature_maps(", "plot_grad_cam(", "mnist_sample(")  # fmt: skip
+    assert all(step in script for step in steps)
+
+
+def tutorial_outputs() -> list[str]:
+    """The outputs the tutorial shows, in order, after the script's sections."""
+    text = TUTORIAL.read_text(encoding="utf-8")
+    fences = list(FENCE.finditer(text))
+    return [
+        after["body"]
+        for match, after in itertools.pairwise(fences)
+        if "--8<--" in match["body"]
+        and not text[match.end() : after.start()].strip()
+        and after.group(0).splitlines()[0].strip().endswith(OUTPUT_FENCES)
+    ]
+
+
+def without_times(text: str) -> str:
+    """``text`` with the seconds at the end of fit's epoch lines replaced by ``…``."""
+    return re.sub(r"(?m)^(Epoch \d+/\d+ - .*) - \d+(\.\d+)?s$", r"\1 - …s", text).strip()
+
+
+@pytest.mark.slow  # five epochs of the notebook's CNN on 4,000 images: ~15 s on 2 CPU cores
+def test_tutorial_script_prints_what_the_tutorial_shows(tmp_path: Path) -> None:
+    import matplotlib.image
+
+    result = subprocess.run(
+        [sys.executable, str(TUTORIAL_SCRIPT), "--device", "cpu", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=900, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    shown = tutorial_outputs()
+    assert len(shown) >= 5  # data, summary, epochs, scores, figures
+    assert without_times(result.stdout) == without_times("".join(shown))
+    # the figures the page shows are this script's, as it saves them
+    figures = DOCS / "img" / "first-training"
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == sorted(
+        p.name for p in figures.glob("*.png")
+    )
+    for made in tmp_path.glob("*.png"):
+        shown_image = matplotlib.image.imread(figures / made.name)
+        assert matplotlib.image.imread(made).shape == shown_image.shape, made.name
+        assert f"](img/first-training/{made.name})" in TUTORIAL.read_text(encoding="utf-8")
+
+
+def test_languages_hook_links_and_notice() -> None:
+    hook = load_hook("languages")
+    # a link to page.ja.md from the English build: the Japanese page's URL
+    assert hook.japanese_links("[a](getting-started.ja.md)", "theory.md", "theory/") == (
+        "[a](../ja/getting-started/)"
+    )
+    assert hook.japanese_links("[a](../index.ja.md#x)", "guide/x.md", "guide/x/") == (
+        "[a](../../ja/#x)"
+    )
+    assert hook.japanese_links("[a](theory.md)", "index.md", "") == "[a](theory.md)"
+    html = '<body><article class="md-content__inner md-typeset"><h1>Devices</h1>'
+    noticed = hook.add_notice(html, "ja/guide/devices/")
+    assert '<article lang="en" class="md-content__inner md-typeset">' in noticed
+    notice = re.search(r'<div class="admonition info" lang="ja".*?</div>', noticed)
+    assert notice and "まだ日本語に翻訳されていません" in notice.group(0)
+    assert 'href="../../../guide/devices/"' in notice.group(0)
+    assert noticed.index("</div>") < noticed.index("<h1>")
+    head = '<head>\n    <link rel="alternate" href="../ja/" hreflang="ja">\n    <title>'
+    assert hook.without_alternate_links(head) == "<head>\n    <title>"
 
 
 @pytest.mark.slow
@@ -550,6 +793,122 @@ def test_reference_pages_show_the_tables() -> None:
     )
     types = (site / "reference" / "types" / "index.html").read_text(encoding="utf-8")
     assert 'id="convkit.utils.typing.IntOrPair"' in types and "type-aliases -->" not in types
+
+
+# ------------------------------------------------------------------ the Japanese site
+
+
+#: The URL (under ja/ on the Japanese side) of each page translated as page.ja.md.
+TRANSLATED = sorted(
+    re.sub(r"(^|/)index/$", r"\1", str(p.relative_to(DOCS)).removesuffix(".ja.md") + "/")
+    for p in DOCS.rglob("*.ja.md")
+)
+CONFIG = re.compile(r'<script id="__config" type="application/json">(.*?)</script>', re.S)
+
+
+def page_urls(site: Path, under: str = "") -> list[str]:
+    """The URLs of the site's pages (``guide/training/``), or of those under ``under``."""
+    urls = []
+    for path in (site / under).rglob("index.html"):
+        if "<article" in path.read_text(encoding="utf-8"):
+            folder = path.parent.relative_to(site).as_posix()
+            urls.append("" if folder == "." else f"{folder}/")
+    return sorted(urls)
+
+
+def resolve(site: Path, page_url: str, href: str) -> Path:
+    """The file a relative ``href`` on the page at ``page_url`` points to."""
+    target = (site / page_url / href.split("#")[0]).resolve()
+    return target / "index.html" if target.is_dir() else target
+
+
+def test_translated_pages_are_found() -> None:
+    expected = ["", "getting-started/", "guide/training/", "guide/visualisation/", "guide/tasks/"]
+    assert sorted(expected) == TRANSLATED
+
+
+@pytest.mark.slow
+def test_japanese_side_has_japanese_interface() -> None:
+    site = built_site()
+    for url in ("ja/", "ja/getting-started/", "ja/guide/training/", "ja/theory/", "ja/faq/"):
+        html = (site / url / "index.html").read_text(encoding="utf-8")
+        assert '<html lang="ja"' in html, url
+        translations = json.loads(CONFIG.search(html).group(1))["translations"]
+        assert translations["clipboard.copy"] == "クリップボードへコピー", url
+        assert 'aria-label="目次"' in html and 'placeholder="検索"' in html, url
+        assert 'aria-label="言語切り替え"' in html, url
+        assert 'title="この見出しへのリンク"' in html and "Permanent link" not in html, url
+    english = (site / "guide" / "training" / "index.html").read_text(encoding="utf-8")
+    assert json.loads(CONFIG.search(english).group(1))["translations"]["clipboard.copy"] == (
+        "Copy to clipboard"
+    )
+    assert 'aria-label="Table of contents"' in english and "Permanent link" in english
+    tutorial = (site / "ja" / "getting-started" / "index.html").read_text(encoding="utf-8")
+    assert re.search(r"<h1[^>]*>はじめての学習<", tutorial)
+
+
+@pytest.mark.slow
+def test_language_switch_links_each_page_to_its_other_language() -> None:
+    site = built_site()
+    urls, japanese = page_urls(site), page_urls(site, "ja")
+    assert len(japanese) == len([u for u in urls if not u.startswith("ja/")]) > 30
+    for url in urls:
+        html = (site / url / "index.html").read_text(encoding="utf-8")
+        links = r'<a href="([^"]*)" hreflang="(\w+)" class="md-select__link">'
+        switch = {lang: href for href, lang in re.findall(links, html)}
+        other = url.removeprefix("ja/") if url.startswith("ja/") else f"ja/{url}"
+        assert resolve(site, url, switch["ja" if other.startswith("ja/") else "en"]) == (
+            (site / other / "index.html").resolve()
+        ), url
+    # one 404 page, English, whose switch leads to the two home pages from the site's root
+    missing = (site / "404.html").read_text(encoding="utf-8")
+    assert '<html lang="en"' in missing and 'placeholder="Search"' in missing
+    links = re.findall(r'<a href="([^"]*)" hreflang="\w+" class="md-select__link">', missing)
+    assert links == ["/convkit/", "/convkit/ja/"]
+
+
+@pytest.mark.slow
+def test_untranslated_pages_say_so_in_japanese() -> None:
+    site = built_site()
+    noticed = []
+    for url in page_urls(site):
+        html = (site / url / "index.html").read_text(encoding="utf-8")
+        notice = re.search(
+            r'<div class="admonition info" lang="ja" data-untranslated>.*?</div>', html
+        )
+        japanese = url.startswith("ja/")
+        english_url = url.removeprefix("ja/")
+        expected = japanese and english_url not in TRANSLATED and english_url != "theory/"
+        assert bool(notice) == expected, url
+        if notice:
+            noticed.append(url)
+            assert "このページはまだ日本語に翻訳されていません" in notice.group(0)
+            href = re.search(r'href="([^"]+)"', notice.group(0)).group(1)
+            assert resolve(site, url, href) == (site / english_url / "index.html").resolve()
+            assert '<article lang="en" class="md-content__inner md-typeset">' in html
+    assert "ja/guide/devices/" in noticed and "ja/reference/blocks/" in noticed
+    assert len(noticed) > 20
+
+
+@pytest.mark.slow
+def test_search_index_holds_each_page_once() -> None:
+    index = json.loads((built_site() / "search" / "search_index.json").read_text("utf-8"))
+    pages = {doc["location"].split("#")[0] for doc in index["docs"]}
+    assert {p.removeprefix("ja/") for p in pages if p.startswith("ja/")} == set(TRANSLATED)
+    assert "theory/" in pages and "ja/theory/" not in pages  # one copy of the theory page
+    assert "guide/training/" in pages and "ja/guide/training/" in pages  # both languages
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("url", ["theory/", "ja/theory/", "", "ja/guide/visualisation/"])
+def test_links_to_the_japanese_tutorial_resolve(url: str) -> None:
+    site = built_site()
+    html = (site / url / "index.html").read_text(encoding="utf-8")
+    article = html.split("<article", 1)[1]
+    hrefs = re.findall(r'<a href="([^"]+)">はじめての学習</a>', article)
+    assert hrefs, url
+    tutorial = (site / "ja" / "getting-started" / "index.html").resolve()
+    assert all(resolve(site, url, href) == tutorial for href in hrefs), hrefs
 
 
 # ---------------------------------------------------------------------- in a browser
@@ -659,12 +1018,11 @@ def test_theory_formulas_are_typeset(browser) -> None:  # type: ignore[no-untype
     assert (ARTIFACTS / "theory.png").stat().st_size > 10_000
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("query", ["重み共有", "ストライド"])
-def test_japanese_search_finds_the_theory_page(browser, query: str) -> None:  # type: ignore[no-untyped-def]
+def search(browser, start: str, query: str) -> list[str]:  # type: ignore[no-untyped-def]
+    """The links the search box lists for ``query`` on the page at ``start``."""
     from selenium.webdriver.common.by import By
 
-    browser.get(browser.base_url + "/")
+    browser.get(browser.base_url + start)
     box = browser.find_element(By.CSS_SELECTOR, "input.md-search__input")
     browser.execute_script("document.querySelector('label[for=__search]').click()")
     wait_for(lambda: box.is_displayed())
@@ -674,10 +1032,25 @@ def test_japanese_search_finds_the_theory_page(browser, query: str) -> None:  # 
         links = browser.find_elements(By.CSS_SELECTOR, ".md-search-result__item a")
         return [link.get_attribute("href") for link in links]
 
-    hrefs = wait_for(results)
+    return wait_for(results)  # type: ignore[no-any-return]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("start", ["/", "/ja/"])
+@pytest.mark.parametrize("query", ["重み共有", "ストライド", "パディング", "受容野"])
+def test_japanese_search_finds_the_theory_page(browser, start: str, query: str) -> None:  # type: ignore[no-untyped-def]
+    hrefs = search(browser, start, query)
     assert any("/theory/" in href for href in hrefs), hrefs
     ARTIFACTS.mkdir(exist_ok=True)
-    browser.save_screenshot(str(ARTIFACTS / f"search-{len(query)}.png"))
+    name = "ja-" if start == "/ja/" else ""
+    browser.save_screenshot(str(ARTIFACTS / f"search-{name}{len(query)}.png"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("query", ["学習曲線", "はじめての学習"])
+def test_japanese_search_finds_the_tutorial(browser, query: str) -> None:  # type: ignore[no-untyped-def]
+    hrefs = search(browser, "/ja/", query)
+    assert any("/ja/getting-started/" in href for href in hrefs), hrefs
 
 
 @pytest.mark.slow
@@ -703,7 +1076,15 @@ def test_pages_request_nothing_from_elsewhere(browser) -> None:  # type: ignore[
     browser.get_log("performance")  # drop what earlier tests left
     browser.get_log("browser")
     requested, console_errors = [], []
-    for path in ("/", "/theory/", "/guide/training/", "/reference/blocks/"):
+    pages = (
+        "/",
+        "/theory/",
+        "/guide/training/",
+        "/reference/blocks/",
+        "/ja/",
+        "/ja/guide/devices/",
+    )
+    for path in pages:
         browser.get(browser.base_url + path)
         wait_for(lambda: browser.execute_script("return document.readyState") == "complete")
         # Material asks for repository facts after the page has loaded: give it the time
@@ -749,3 +1130,130 @@ def test_theory_page_in_the_browser_figures_and_text(browser) -> None:  # type: 
     ]
     assert not spaced, spaced
     assert browser.execute_script("return document.documentElement.lang") == "ja"
+
+
+def typeset(browser) -> None:  # type: ignore[no-untyped-def]
+    """Wait until MathJax has typeset the page (when it has formulas) and fonts are loaded."""
+    wait_for(lambda: browser.execute_script("return document.readyState") == "complete")
+    formulas = browser.execute_script("return document.querySelectorAll('.arithmatex').length")
+    wait_for(
+        lambda: (
+            browser.execute_script("return document.querySelectorAll('mjx-container').length")
+            >= formulas
+        )
+    )
+    browser.set_script_timeout(30)
+    browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "MathJax.startup.promise.then(() => document.fonts.ready).then(() => done(true));"
+    )
+
+
+@contextlib.contextmanager
+def window_width(browser, width: int) -> Iterator[None]:  # type: ignore[no-untyped-def]
+    browser.set_window_size(width, 900)
+    try:
+        yield
+    finally:
+        browser.set_window_size(1280, 1000)
+
+
+#: The Japanese pages to lay out: the theory page (on both sides) and the tutorial.
+LAID_OUT = ["/theory/", "/ja/theory/", "/ja/getting-started/"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", LAID_OUT)
+def test_japanese_pages_fit_a_phone_screen(browser, path: str) -> None:  # type: ignore[no-untyped-def]
+    with window_width(browser, 390):
+        browser.get(browser.base_url + path)
+        typeset(browser)
+        assert browser.execute_script("return window.innerWidth") == 390
+        # nothing wider than the screen: wide formulas, code and tables scroll in their box
+        width = browser.execute_script("return document.documentElement.scrollWidth")
+        assert width <= 390, (path, width)
+        if path == "/ja/getting-started/":
+            ARTIFACTS.mkdir(exist_ok=True)
+            browser.save_screenshot(str(ARTIFACTS / "tutorial-390.png"))
+
+
+#: Characters a Japanese line must not start with (kinsoku): the long vowel mark and the
+#: small kana.
+NO_LINE_START = "ーぁぃぅぇぉっゃゅょゎァィゥェォッャュョヮヵヶ"
+LINE_STARTS = """
+const marks = new RegExp('[' + arguments[0] + ']');
+const range = document.createRange();
+function box(node, i) {
+  range.setStart(node, i);
+  range.setEnd(node, i + 1);
+  const rects = range.getClientRects();
+  return rects.length ? rects[0] : null;
+}
+const walker = document.createTreeWalker(document.querySelector('article'), NodeFilter.SHOW_TEXT);
+let checked = 0;
+const starts = [];
+while (walker.nextNode()) {
+  const node = walker.currentNode, text = node.data;
+  if (node.parentElement.closest('pre, code, mjx-container, script, style')) continue;
+  for (let i = 1; i < text.length; i++) {
+    if (!marks.test(text[i]) || /\\s/.test(text[i - 1])) continue;
+    const here = box(node, i), before = box(node, i - 1);
+    if (!here || !before || here.width === 0) continue;
+    checked++;
+    if (here.top >= before.bottom - 1) starts.push(text.slice(Math.max(0, i - 6), i + 3));
+  }
+}
+return [checked, starts];
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", ["/theory/", "/ja/getting-started/", "/ja/guide/tasks/"])
+def test_no_line_starts_with_a_long_vowel_mark_or_small_kana(browser, path: str) -> None:  # type: ignore[no-untyped-def]
+    browser.get(browser.base_url + path)
+    typeset(browser)
+    found = {}
+    for width in range(360, 1300, 40):  # phones to desktops: each width breaks lines anew
+        with window_width(browser, width):
+            checked, starts = browser.execute_script(LINE_STARTS, NO_LINE_START)
+            assert checked > 50  # the check saw the page's text
+            if starts:
+                found[width] = starts
+    assert not found, found
+
+
+#: The Japanese fonts of docs/stylesheets/japanese.css, one per system.
+JAPANESE_FONTS = ("Hiragino Sans", "Noto Sans CJK JP", "Yu Gothic", "Meiryo")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", ["/theory/", "/ja/getting-started/"])
+def test_japanese_text_style_in_the_browser(browser, path: str) -> None:  # type: ignore[no-untyped-def]
+    browser.get(browser.base_url + path)
+    typeset(browser)
+    styles = browser.execute_script(
+        "return [...document.querySelectorAll('article figcaption')]"
+        ".map(c => getComputedStyle(c).fontStyle)"
+    )
+    assert styles and set(styles) == {"normal"}, styles  # upright: no synthetic italics
+    family = browser.execute_script(
+        "return getComputedStyle(document.querySelector('article p')).fontFamily"
+    )
+    assert all(font in family for font in JAPANESE_FONTS), family
+    assert not browser.execute_script(  # system fonts only: nothing but MathJax's own
+        "return [...document.fonts].filter(f => !f.family.startsWith('MJX')).length"
+    )
+    # the Japanese glyphs are drawn with one of those fonts (Noto Sans CJK JP on Linux)
+    browser.execute_cdp_cmd("DOM.enable", {})
+    browser.execute_cdp_cmd("CSS.enable", {})
+    root = browser.execute_cdp_cmd("DOM.getDocument", {"depth": -1})["root"]["nodeId"]
+    node = browser.execute_cdp_cmd("DOM.querySelector", {"nodeId": root, "selector": "article p"})
+    fonts = browser.execute_cdp_cmd("CSS.getPlatformFontsForNode", {"nodeId": node["nodeId"]})
+    cjk = max(fonts["fonts"], key=lambda font: font["glyphCount"])
+    assert cjk["familyName"] in JAPANESE_FONTS, fonts
+    # English pages keep Material's fonts
+    browser.get(browser.base_url + "/guide/training/")
+    english = browser.execute_script(
+        "return getComputedStyle(document.querySelector('article p')).fontFamily"
+    )
+    assert "Noto Sans CJK JP" not in english, english
