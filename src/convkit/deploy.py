@@ -178,10 +178,15 @@ def export(
 def _trace(
     model: nn.Module, sample: torch.Tensor, dynamic_batch: bool
 ) -> torch.export.ExportedProgram:
-    """``torch.export.export`` of ``model`` on ``sample``, errors naming the layer."""
+    """``torch.export.export`` of ``model`` on ``sample``, errors naming the layer.
+
+    Non-strict tracing runs each ``forward`` as Python (the default since PyTorch 2.7,
+    asked for explicitly for older releases), so an error surfaces in the frame of the
+    layer that raised it.
+    """
     dynamic = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
     try:
-        return torch.export.export(model, (sample,), dynamic_shapes=dynamic)
+        return torch.export.export(model, (sample,), dynamic_shapes=dynamic, strict=False)
     except Exception as err:
         raise _unexportable(err, model, "torch.export") from err
 
