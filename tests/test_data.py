@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from convkit import build_cnn, evaluate, fit, predict
 from convkit.train.data import Batching, LoaderBatches, TensorBatches, make_batches
-from convkit.train.run import Runtime
+from convkit.train.devices import Runtime
 
 
 @pytest.mark.parametrize("batch_size", [32, 50, 300, 512])
@@ -86,7 +86,7 @@ def test_cpu_data_is_not_copied_to_channels_last() -> None:
     assert isinstance(batches, TensorBatches)
     assert batches.inputs.data_ptr() == inputs.data_ptr()  # the caller's tensor, no copy
     assert batches.inputs.stride() == inputs.stride()
-    runtime = Runtime(torch.device("cpu"), torch.channels_last, None)
+    runtime = Runtime(torch.nn.Conv2d(3, 3, 1), "cpu", "32", "channels_last")
     batch = next(iter(batches))
     formatted = runtime.format(batch.inputs)  # what the loops feed the model
     assert formatted.is_contiguous(memory_format=torch.channels_last)

@@ -17,8 +17,14 @@ import pytest
 import torch
 
 from convkit import mnist_sample
-from convkit.train.metrics import bind_metrics, default_metrics, metric_direction, parse_metrics
-from convkit.train.tasks import TaskSpec, infer_task
+from convkit.train.tasks import (
+    TaskSpec,
+    bind_metrics,
+    default_metrics,
+    infer_task,
+    metric_direction,
+    parse_metrics,
+)
 
 BATCH = 128  # 1,000 test images -> 7 full batches and one of 104
 

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from convkit import build_cnn, evaluate, fit, mnist_sample, predict
@@ -29,13 +30,24 @@ def test_auto_memory_format_is_channels_last_for_conv_nets(small_data) -> None:
 
 
 def test_channels_last_and_contiguous_train_the_same(small_data) -> None:
-    losses = {}
+    """Each format reaches the layers as asked (model and batches), with the same losses."""
+    losses, seen = {}, {}
     for fmt in ("channels_last", "contiguous"):
         model = tiny_cnn(seed=1)
+        layouts: list[bool] = []
+        # block 2 takes 4 channels, where the two layouts differ (with 1 channel they agree)
+        model.features.block2.register_forward_pre_hook(
+            lambda m, args, seen=layouts: seen.append(
+                args[0].is_contiguous(memory_format=torch.channels_last)
+            )
+        )
         history = fit(
             model, small_data, epochs=2, progress=False, device="cpu", seed=0, memory_format=fmt
         )
-        losses[fmt] = history["loss"]
+        losses[fmt], seen[fmt] = history["loss"], set(layouts)
+        weight = model.features.block2.conv.weight
+        assert weight.is_contiguous(memory_format=torch.channels_last) == (fmt == "channels_last")
+    assert seen == {"channels_last": {True}, "contiguous": {False}}
     assert losses["channels_last"] == pytest.approx(losses["contiguous"], rel=1e-4)
 
 
@@ -88,7 +100,8 @@ def _count_host_reads(monkeypatch) -> list[str]:
     not a device sync and not convkit's doing, so only convkit's frames count.)
     """
     calls: list[str] = []
-    for name in ("item", "tolist", "__bool__", "__int__", "__float__"):
+    reads = ("item", "tolist", "numpy", "cpu", "__array__", "__bool__", "__int__", "__float__")
+    for name in (*reads, "__index__"):
         original = getattr(torch.Tensor, name)
 
         def counting(self, *args, _original=original, _name=name):  # type: ignore[no-untyped-def]
@@ -142,18 +155,31 @@ def test_nan_guard_reads_exactly_one_flag_per_batch(small_data, monkeypatch) -> 
     assert reads[True] - reads[False] == 30  # 300 samples / 10 per batch
 
 
-def test_sync_batchnorm_needs_cuda(small_data) -> None:
-    if torch.cuda.is_available():
-        pytest.skip("checks the CPU error")
+def test_sync_batchnorm_in_a_distributed_run_off_cuda_is_refused_up_front(
+    small_data, monkeypatch
+) -> None:
+    joined = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: joined.append(a))
     with pytest.raises(ValueError, match=r"`sync_batchnorm`.*CUDA only.*cpu"):
         fit(tiny_cnn(), small_data, progress=False, device="cpu", sync_batchnorm=True)
+    assert joined == []  # refused before joining the process group
 
 
-def test_sync_batchnorm_conversion_replaces_every_batchnorm() -> None:
-    model = build_cnn((1, 28, 28), 10, channels=(4, 8), hidden=(16,), head_norm="batch")
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    kinds = [type(m) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    assert kinds == [nn.SyncBatchNorm] * 3
-    after = model.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)  # statistics carried over
+def test_sync_batchnorm_conversion_replaces_every_batchnorm(small_data) -> None:
+    """fit converts the model's BatchNorm layers; in one process SyncBatchNorm normalises
+    as BatchNorm does, so the run is the same as without the conversion."""
+    runs = {}
+    for sync in (False, True):
+        torch.manual_seed(0)
+        model = build_cnn((1, 28, 28), 10, channels=(4, 8), hidden=(16,), head_norm="batch")
+        history = fit(model, small_data, epochs=1, progress=False, device="cpu", seed=0,
+                      sync_batchnorm=sync)  # fmt: skip
+        kinds = [type(m) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        runs[sync] = (kinds, history.history, model.state_dict())
+    assert runs[True][0] == [nn.SyncBatchNorm] * 3
+    assert runs[False][0] == [nn.BatchNorm2d, nn.BatchNorm2d, nn.BatchNorm1d]
+    assert runs[True][1] == runs[False][1]
+    plain, synced = runs[False][2], runs[True][2]
+    assert plain.keys() == synced.keys()
+    assert all(torch.equal(plain[k], synced[k]) for k in plain)  # statistics carried over

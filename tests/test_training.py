@@ -206,7 +206,7 @@ def test_named_optimizers_are_fused_and_train_like_the_plain_ones(name, cls, sma
 
 
 def test_named_optimizer_is_not_fused_where_torch_has_no_kernel() -> None:
-    from convkit.train.optim import named_optimizer
+    from convkit.train.run import named_optimizer
 
     params = [nn.Parameter(torch.zeros(3, dtype=torch.complex64))]
     assert not named_optimizer("adam", params, 1e-3, 0.0).param_groups[0]["fused"]

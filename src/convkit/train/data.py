@@ -1,25 +1,28 @@
-"""MERGED
-
-Batching for ``fit`` / ``evaluate`` / ``predict``: one interface over every data form.
+"""The batching path of ``fit``, ``evaluate``, ``predict`` and ``viz``, and its data checks.
 
 In-memory tensors (an ``(inputs, targets)`` pair, a ``TensorDataset``, convkit's
 datasets) are batched by index-slicing, on the target device when they fit there: no
 per-sample ``__getitem__`` and no collate, which a ``DataLoader`` over a ``Dataset``
-pays for on every sample of every epoch. Shuffling draws
-from the same generator in the same way as ``DataLoader(shuffle=True, generator=g)``,
-so both paths give the same batches for the same seed. Anything else goes through a
-``DataLoader``.
+pays for on every sample of every epoch. Shuffling draws from the same generator in the
+same way as ``DataLoader(shuffle=True, generator=g)``, so both paths give the same
+batches for the same seed. Anything else goes through a ``DataLoader``.
 
-
-Checks of inputs and targets against the model, before they reach it.
+Every batch reaches the model converted the same way (see
+[`convert`][convkit.train.data.convert]), after a [`DataCheck`][convkit.train.data.DataCheck]
+of its inputs and targets against the model and the task, before any work. In a
+distributed run each batch also says how many of its samples are the rank's own: a
+``DistributedSampler`` pads the shards to equal sizes by repeating samples, which train
+(DDP needs equal batches) but count for no loss or metric.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
-from collections.abc import Callable, Iterator, Sized
+from collections.abc import Iterator, Sized
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -33,10 +36,12 @@ from torch.utils.data import (
     default_collate,
 )
 
-from ..utils.probe import infer_output_shape
-from ..utils.typing import model_input_shape, model_num_classes, takes_sample_shape
+from ..utils.probe import model_dtype_device
+from ..utils.typing import model_input_shape, takes_sample_shape
 
-# -------------------- _data --------------------
+if TYPE_CHECKING:
+    from .tasks import TaskSpec
+
 logger = logging.getLogger(__name__)
 
 #: Tensor data is moved to an accelerator once, up front, when it takes at most this
@@ -47,9 +52,6 @@ DEVICE_MEMORY_FRACTION = 0.25
 
 #: ``(rank, world_size)`` of a distributed run: each rank sees its own shard.
 Shard = tuple[int, int]
-
-#: Called on host data before it moves: whole tensors once, or each loader batch.
-CheckFn = Callable[[torch.Tensor, "torch.Tensor | None"], None]
 
 
 @dataclass(frozen=True)
@@ -63,8 +65,8 @@ class Batching:
         generator: The generator that shuffles.
         device: Where batches go.
         need_targets: Refuse data without targets.
-        check: Called on host data before it moves (whole tensors once, or each
-            loader batch).
+        check: Checks host data before it moves (whole tensors once, or each loader
+            batch).
         on_device: Move in-memory data to the device once (``None``: when it fits).
         memory_format: The layout batches are given.
         shard: ``(rank, world_size)`` in a distributed run.
@@ -83,7 +85,7 @@ class Batching:
     generator: torch.Generator
     device: torch.device
     need_targets: bool
-    check: CheckFn | None = None
+    check: DataCheck | None = None
     on_device: bool | None = None
     memory_format: torch.memory_format = torch.contiguous_format
     shard: Shard | None = None
@@ -96,8 +98,12 @@ class Batching:
 
 @dataclass
 class Batch:
+    """One batch on the device. ``real``: how many leading samples are the rank's own
+    when the rest is a distributed sampler's padding (``None``: all of them)."""
+
     inputs: torch.Tensor
     targets: torch.Tensor | None
+    real: int | None = None
 
 
 def convert(
@@ -154,22 +160,31 @@ def _fits_on(device: torch.device, nbytes: int) -> bool:
     return nbytes <= DEVICE_MEMORY_FRACTION * free
 
 
+def _real(own: int | None, start: int, size: int) -> int | None:
+    """How many of the batch of ``size`` samples from ``start`` on are among the ``own``
+    first samples of the rank's shard (``None``: all of them)."""
+    if own is None or own - start >= size:
+        return None
+    return max(0, own - start)
+
+
 class TensorBatches:
     """Batches of in-memory tensors by index-slicing (optionally shuffled)."""
 
     def __init__(self, inputs: torch.Tensor, targets: torch.Tensor | None, spec: Batching) -> None:
-        device, memory_format = spec.device, spec.memory_format
         if spec.check is not None:
             spec.check(inputs, targets)
-        self.shard, self.seed, self.epoch = spec.shard, spec.seed, 0
-        self.drop_last = spec.drop_last
-        on_device = spec.on_device
+        device = spec.device
         nbytes = inputs.nbytes + (targets.nbytes if targets is not None else 0)
-        self.on_device = _fits_on(device, nbytes) if on_device is None else on_device
+        self.on_device = _fits_on(device, nbytes) if spec.on_device is None else spec.on_device
         if self.on_device:
             inputs = inputs.to(device)
             targets = targets.to(device) if targets is not None else None
-            if device.type != "cpu" and inputs.dim() == 4 and memory_format is torch.channels_last:
+            if (
+                device.type != "cpu"
+                and inputs.dim() == 4
+                and spec.memory_format is torch.channels_last
+            ):
                 # once on the accelerator, so that every batch slice is already in format;
                 # on the CPU each batch is converted as it is used (the loop's
                 # runtime.format) instead of holding a second full copy of the data
@@ -177,85 +192,92 @@ class TensorBatches:
         elif device.type == "cuda":
             inputs = inputs.pin_memory()
             targets = targets.pin_memory() if targets is not None else None
-        self.inputs, self.targets, self.dtype = inputs, targets, spec.dtype
+        self.inputs, self.targets, self.spec, self.epoch = inputs, targets, spec, 0
         self.rows = spec.rows.to(inputs.device) if spec.rows is not None else None
+        rows = len(self.rows) if self.rows is not None else int(inputs.shape[0])
+        rank, world = spec.shard or (0, 1)
+        own = len(range(rank, rows, world))
+        # training: DistributedSampler's shard, padded to equal sizes; evaluation: a
+        # strided split without padding, so that the all-reduced sums count each sample once
+        padded = spec.shard is not None and spec.shuffle
+        self.num_samples = -(-rows // world) if padded else own
+        self.own = own if padded and own < self.num_samples else None
+        self.num_rows = rows
         _say_conversions(spec.name, inputs, targets, spec.dtype)
-        self.batch_size, self.shuffle = spec.batch_size, spec.shuffle
-        self.generator, self.device = spec.generator, device
-
-    def _num_rows(self) -> int:
-        return len(self.rows) if self.rows is not None else int(self.inputs.shape[0])
-
-    @property
-    def num_samples(self) -> int:
-        return len(self._shard_indices()) if self.shard else self._num_rows()
 
     def __len__(self) -> int:
-        if self.drop_last:
-            return self.num_samples // self.batch_size
-        return -(-self.num_samples // self.batch_size)
+        if self.spec.drop_last:
+            return self.num_samples // self.spec.batch_size
+        return -(-self.num_samples // self.spec.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch, for the distributed shuffle (as ``DistributedSampler.set_epoch``)."""
         self.epoch = epoch
 
     def _shard_indices(self) -> torch.Tensor:
-        rank, world = self.shard or (0, 1)
-        n = self._num_rows()
-        if not self.shuffle:
-            # evaluation: a strided split without padding, so that the all-reduced sums
-            # count every sample exactly once
-            return torch.arange(rank, n, world)
-        # training: exactly DistributedSampler's shard (padded to equal sizes, as DDP needs)
-        positions: Any = range(n)  # DistributedSampler only needs len()
+        rank, world = self.spec.shard or (0, 1)
+        if not self.spec.shuffle:
+            return torch.arange(rank, self.num_rows, world)
+        positions: Any = range(self.num_rows)  # DistributedSampler only needs len()
         sampler: DistributedSampler[int] = DistributedSampler(
-            positions, num_replicas=world, rank=rank, shuffle=True, seed=self.seed
+            positions, num_replicas=world, rank=rank, shuffle=True, seed=self.spec.seed
         )
         sampler.set_epoch(self.epoch)
         return torch.tensor(list(sampler), dtype=torch.int64)
 
-    def _move(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor if self.on_device else tensor.to(self.device, non_blocking=True)
-
-    def _batch(self, index: slice | torch.Tensor) -> Batch:
+    def _batch(self, index: slice | torch.Tensor, start: int) -> Batch:
         if self.rows is not None:  # positions among the rows -> rows of the tensors
             index = self.rows[index]
+        inputs = self.inputs[index]
         targets = self.targets[index] if self.targets is not None else None
-        inputs, targets = convert(
-            self._move(self.inputs[index]),
-            self._move(targets) if targets is not None else None,
-            self.dtype,
-        )
-        return Batch(inputs, targets)
+        if not self.on_device:
+            inputs = inputs.to(self.spec.device, non_blocking=True)
+            targets = (
+                targets.to(self.spec.device, non_blocking=True) if targets is not None else None
+            )
+        inputs, targets = convert(inputs, targets, self.spec.dtype)
+        return Batch(inputs, targets, _real(self.own, start, int(inputs.shape[0])))
 
-    def head(self) -> Batch:
+    def first(self) -> Batch:
         """The first ``batch_size`` samples in stored order, as the loop would get them."""
-        return self._batch(slice(0, self.batch_size))
+        return self._batch(slice(0, self.spec.batch_size), 0)
+
+    def check_task(self, task: TaskSpec) -> None:
+        """Check every target against the task (one host read), before any work."""
+        if self.targets is not None:
+            targets = self.targets if self.rows is None else self.targets[self.rows]
+            task.check_targets(self.spec.name, targets)
 
     def __iter__(self) -> Iterator[Batch]:
-        n, size = self.num_samples, self.batch_size
+        spec, n, size = self.spec, self.num_samples, self.spec.batch_size
         order: torch.Tensor | None = None  # None: in order, by cheap views
-        if self.shard is not None:
+        if spec.shard is not None:
             order = self._shard_indices().to(self.inputs.device)
-        elif self.shuffle:
-            _draw_base_seed(self.generator)
-            order = torch.randperm(n, generator=self.generator).to(self.inputs.device)
-        end = n - n % size if self.drop_last else n
+        elif spec.shuffle:
+            _draw_base_seed(spec.generator)
+            order = torch.randperm(n, generator=spec.generator).to(self.inputs.device)
+        end = n - n % size if spec.drop_last else n
         for start in range(0, end, size):
             index = slice(start, start + size) if order is None else order[start : start + size]
-            yield self._batch(index)
-        if self.shard is None and self.shuffle:
+            yield self._batch(index, start)
+        if spec.shard is None and spec.shuffle:
             # RandomSampler calls randperm once more when its iterator runs out (for a
             # remainder of num_samples % n == 0 samples); mirror that draw as well.
-            torch.randperm(n, generator=self.generator)
+            torch.randperm(n, generator=spec.generator)
 
 
 class LoaderBatches:
     """Batches from a ``DataLoader``, split into inputs and targets and moved to the device."""
 
     def __init__(self, loader: DataLoader[Any], spec: Batching) -> None:
-        self.loader, self.name, self.device, self.check = loader, spec.name, spec.device, spec.check
-        self.dtype, self._said = spec.dtype, False
+        self.loader, self.spec = loader, spec
+        self._said = False
+        self._first: Batch | None = None
+        sampler, self.own = loader.sampler, None
+        if isinstance(sampler, DistributedSampler) and not sampler.drop_last:
+            size = len(sampler.dataset)  # type: ignore[arg-type]
+            if sampler.total_size > size:  # padded: the first samples are the rank's own
+                self.own = len(range(sampler.rank, size, sampler.num_replicas))
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -266,20 +288,167 @@ class LoaderBatches:
             sampler.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[Batch]:
-        non_blocking = self.device.type == "cuda"
+        non_blocking, seen = self.spec.device.type == "cuda", 0
         for index, batch in enumerate(self.loader):
-            inputs, targets = split_batch(batch, name=self.name, index=index)
-            if self.check is not None:
-                self.check(inputs, targets)
+            inputs, targets = split_batch(batch, name=self.spec.name, index=index)
+            if self.spec.check is not None:
+                self.spec.check(inputs, targets)
             if not self._said:
                 self._said = True
-                _say_conversions(self.name, inputs, targets, self.dtype)
+                _say_conversions(self.spec.name, inputs, targets, self.spec.dtype)
             inputs, targets = convert(
-                inputs.to(self.device, non_blocking=non_blocking),
-                targets.to(self.device, non_blocking=non_blocking) if targets is not None else None,
-                self.dtype,
+                inputs.to(self.spec.device, non_blocking=non_blocking),
+                targets.to(self.spec.device, non_blocking=non_blocking)
+                if targets is not None
+                else None,
+                self.spec.dtype,
             )
-            yield Batch(inputs, targets)
+            yield Batch(inputs, targets, _real(self.own, seen, int(inputs.shape[0])))
+            seen += int(inputs.shape[0])
+
+    def first(self) -> Batch | None:
+        """The first batch the loader yields (``None``: none), drawing no randomness."""
+        if self._first is None:
+            with _rng_untouched(self.loader):
+                self._first = next(iter(self), None)
+        return self._first
+
+    def check_task(self, task: TaskSpec) -> None:
+        """Check the first batch's targets against the task now, every later one as it
+        comes (on the host, before it moves)."""
+        if self.spec.check is not None:
+            self.spec.check.task = task
+        first = self.first()
+        if first is not None and first.targets is not None:
+            task.check_targets(self.spec.name, first.targets)
+
+
+@contextlib.contextmanager
+def _rng_untouched(loader: DataLoader[Any]) -> Iterator[None]:
+    """Restore the generators a ``DataLoader`` draws its order from (and torch's global one)."""
+    generators = [
+        g
+        for g in (loader.generator, getattr(loader.sampler, "generator", None))
+        if isinstance(g, torch.Generator)
+    ]
+    states = [g.get_state() for g in generators]
+    global_state = torch.get_rng_state()
+    try:
+        yield
+    finally:
+        for generator, state in zip(generators, states, strict=True):
+            generator.set_state(state)
+        torch.set_rng_state(global_state)
+
+
+# ------------------------------------------------------------------ checks
+
+
+def shape_advice(shape: tuple[int, ...], input_shape: tuple[int, ...]) -> str:
+    """The fix for inputs of ``shape`` (batch first) that a model of ``input_shape`` refuses.
+
+    Each suggestion, applied, gives inputs of the model's shape: a missing channel axis
+    is added, channels-last images are permuted; only a shape that a model can be built
+    for (channels and 1 to 3 spatial dimensions) is offered as the model's input_shape.
+    """
+    channels, *size = input_shape
+    sample = shape[1:]
+    if shape == (*size, channels) and len(input_shape) == 3:
+        return (
+            "It looks like one channels-last image (H, W, C): permute it, not the model: "
+            "image.permute(2, 0, 1) (NumPy: image.transpose(2, 0, 1))."
+        )
+    if len(sample) == len(input_shape) == 3 and sample == (*size, channels):
+        return (
+            "They look like channels-last images (N, H, W, C). Permute the data, not the "
+            "model: inputs.permute(0, 3, 1, 2) (NumPy: x.transpose(0, 3, 1, 2))."
+        )
+    if channels == 1 and sample == tuple(size):
+        return (
+            "They have no channel axis; add it: x[:, None] (NumPy: x[:, None] or "
+            "np.expand_dims(x, 1))."
+        )
+    if channels == 1 and shape == tuple(size):
+        return "It looks like one sample without its channel axis; add it: x[None]."
+    if 2 <= len(sample) <= 4:
+        return f"Reshape the data or build the model for input_shape={sample}."
+    return "Reshape the data to the model's input_shape."
+
+
+def check_finite(name: str, values: torch.Tensor, *, what: str = "inputs") -> None:
+    """Refuse ``values`` holding NaN or inf, naming how many samples and the first one."""
+    if not values.is_floating_point() or values.numel() == 0:
+        return
+    # aminmax propagates NaN and inf without a temporary the size of the data
+    if bool(torch.isfinite(torch.stack(torch.aminmax(values))).all()):  # one host read
+        return
+    bad: list[int] = []
+    for start in range(0, values.shape[0], 1024):
+        chunk = values[start : start + 1024]
+        rows = ~torch.isfinite(chunk.reshape(chunk.shape[0], -1)).all(dim=1)
+        bad += [start + int(i) for i in torch.nonzero(rows).flatten()]
+    raise nonfinite_error(name, bad, what=what)
+
+
+def nonfinite_error(name: str, bad: list[int], *, what: str = "inputs") -> ValueError:
+    """The error for samples ``bad`` (their indices) of ``name`` holding NaN or inf."""
+    whose = "" if what == "inputs" else f"the {what} of "
+    return ValueError(
+        f"Invalid data in `{name}`: {whose}{len(bad)} sample(s) hold NaN or inf values (the "
+        f"first at index {bad[0]}). Drop or repair them, e.g. with torch.nan_to_num or by "
+        "filtering on torch.isfinite(x).flatten(1).all(1)."
+    )
+
+
+class DataCheck:
+    """Checks inputs and targets against the model and the task before they reach it.
+
+    Reads the model's optional ``input_shape`` (see
+    [`DescribedModel`][convkit.DescribedModel]) and, once it is known, the task's
+    [`check_targets`][convkit.train.tasks.TaskSpec.check_targets]. Runs on whole tensors
+    once (in-memory data) or on each batch while it's still on the host (``DataLoader``
+    data), so it never forces a device sync. Inputs and floating-point targets must be
+    finite: all of in-memory data, and the first batch of a loader (later NaN/inf
+    batches are the training loop's NaN guard's).
+    """
+
+    def __init__(self, model: nn.Module, name: str) -> None:
+        self.model, self.name = model, name
+        self.task: TaskSpec | None = None
+        self._checked_finite = False
+
+    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor | None) -> None:
+        if inputs.device.type == "meta" or (targets is not None and targets.is_meta):
+            raise ValueError(
+                f"Invalid data in `{self.name}`: the tensors are on the meta device, which "
+                "holds shapes but no values. Pass real data, e.g. torch.rand(...) on the CPU."
+            )
+        if not (inputs.is_floating_point() or inputs.dtype == torch.uint8):
+            raise TypeError(
+                f"Invalid data in `{self.name}`: inputs have dtype {inputs.dtype}; the model "
+                "needs floating-point inputs (uint8 images are scaled to [0, 1] by themselves). "
+                "Convert them, e.g. inputs.float()."
+            )
+        if not self._checked_finite:
+            self._checked_finite = True
+            check_finite(self.name, inputs)
+            if targets is not None:
+                check_finite(self.name, targets, what="targets")
+        if not takes_sample_shape(self.model, tuple(inputs.shape[1:])):
+            raise self._shape_error(inputs)
+        if self.task is not None and targets is not None:
+            self.task.check_targets(self.name, targets)
+
+    def _shape_error(self, inputs: torch.Tensor) -> ValueError:
+        expected = model_input_shape(self.model) or ()
+        return ValueError(
+            f"Invalid data in `{self.name}`: inputs of shape {tuple(inputs.shape)} don't "
+            f"match the model's input_shape {expected}; expected (N, "
+            f"{', '.join(map(str, expected))}). " + shape_advice(tuple(inputs.shape), expected)
+        )
+
+
+# ------------------------------------------------------------------ data forms
 
 
 def _shard_loader(
@@ -420,6 +589,40 @@ def split_rows(data: Any, fraction: float, seed: int) -> tuple[torch.Tensor, tor
     return order[n_val:].sort().values, order[:n_val].sort().values
 
 
+def make_batches(
+    data: Any, spec: Batching, *, model: nn.Module | None = None
+) -> TensorBatches | LoaderBatches:
+    """The batching path for ``data``: checked, converted for ``model`` when one is given.
+
+    With ``model``, every batch is checked against it (a
+    [`DataCheck`][convkit.train.data.DataCheck]) and converted to its floating-point
+    dtype. ``fit``, ``evaluate``, ``predict`` and ``viz`` all batch through here.
+    """
+    if model is not None:
+        dtype, _ = model_dtype_device(model)
+        spec = dataclasses.replace(spec, check=DataCheck(model, spec.name), dtype=dtype)
+    pair = _in_memory(data, spec)
+    if pair is not None:
+        return TensorBatches(*_checked_pair(pair, spec), spec)
+    if spec.rows is not None:
+        raise ValueError(
+            f"Invalid value for argument `validation_split`: it splits in-memory data (tensors, "
+            f"NumPy arrays, a TensorDataset), and `{spec.name}` is a {type(data).__name__}. Pass "
+            "val_data instead, e.g. a torch.utils.data.random_split of the dataset."
+        )
+    loader = _loader(data, spec)
+    if isinstance(loader.dataset, Sized) and len(loader.dataset) == 0:
+        raise ValueError(
+            f"Invalid value for argument `{spec.name}`: the dataset is empty. Pass at least one "
+            "sample."
+        )
+    # in the main process only: with workers, the samples are never loaded here
+    map_style = not isinstance(loader.dataset, IterableDataset)
+    if loader.collate_fn is default_collate and map_style and loader.num_workers == 0:
+        _check_collatable(spec.name, loader.dataset)
+    return LoaderBatches(loader, spec)
+
+
 def _check_collatable(name: str, dataset: Any) -> None:
     """Refuse a dataset whose samples hold images that ``default_collate`` can't batch."""
     try:
@@ -436,213 +639,61 @@ def _check_collatable(name: str, dataset: Any) -> None:
             )
 
 
-def make_batches(data: Any, spec: Batching) -> TensorBatches | LoaderBatches:
-    """Pick the batching path for ``data`` and check it isn't empty or malformed."""
-    name, shard, shuffle, seed = spec.name, spec.shard, spec.shuffle, spec.seed
-    pair = _in_memory(data, spec)
-    if pair is not None:
-        inputs, targets = pair
-        if spec.need_targets and targets is None:
-            raise ValueError(
-                f"Invalid value for argument `{name}`: it holds inputs but no targets. Pass an "
-                "(inputs, targets) pair, a TensorDataset of both, or a DataLoader of pairs."
-            )
-        if inputs.dim() == 0 or inputs.shape[0] == 0:
-            raise ValueError(
-                f"Invalid value for argument `{name}`: the dataset is empty "
-                f"(inputs of shape {tuple(inputs.shape)}). Pass at least one sample."
-            )
-        if targets is not None and (targets.dim() == 0 or targets.shape[0] != inputs.shape[0]):
-            raise ValueError(
-                f"Invalid value for argument `{name}`: {inputs.shape[0]} inputs but targets of "
-                f"shape {tuple(targets.shape)}. Inputs and targets need the same first dimension."
-            )
-        return TensorBatches(inputs, targets, spec)
-    if spec.rows is not None:
+def _checked_pair(
+    pair: tuple[torch.Tensor, torch.Tensor | None], spec: Batching
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """In-memory inputs and targets that hold at least one sample each, in step."""
+    inputs, targets = pair
+    name = spec.name
+    if spec.need_targets and targets is None:
         raise ValueError(
-            f"Invalid value for argument `validation_split`: it splits in-memory data (tensors, "
-            f"NumPy arrays, a TensorDataset), and `{name}` is a {type(data).__name__}. Pass "
-            "val_data instead, e.g. a torch.utils.data.random_split of the dataset."
+            f"Invalid value for argument `{name}`: it holds inputs but no targets. Pass an "
+            "(inputs, targets) pair, a TensorDataset of both, or a DataLoader of pairs."
         )
+    if inputs.dim() == 0 or inputs.shape[0] == 0:
+        raise ValueError(
+            f"Invalid value for argument `{name}`: the dataset is empty "
+            f"(inputs of shape {tuple(inputs.shape)}). Pass at least one sample."
+        )
+    if targets is not None and (targets.dim() == 0 or targets.shape[0] != inputs.shape[0]):
+        raise ValueError(
+            f"Invalid value for argument `{name}`: {inputs.shape[0]} inputs but targets of "
+            f"shape {tuple(targets.shape)}. Inputs and targets need the same first dimension."
+        )
+    return inputs, targets
+
+
+def _loader(data: Any, spec: Batching) -> DataLoader[Any]:
+    """A ``DataLoader`` as given, or one built for a ``Dataset``; sharded when distributed."""
+    shard, shuffle, seed = spec.shard, spec.shuffle, spec.seed
     if isinstance(data, DataLoader):
         if spec.num_workers:
             raise ValueError(
-                f"Invalid value for argument `num_workers`: `{name}` is a DataLoader, which has "
-                f"its own (num_workers={data.num_workers}). Set it on the DataLoader, or pass "
-                "the Dataset and num_workers to fit."
+                f"Invalid value for argument `num_workers`: `{spec.name}` is a DataLoader, which "
+                f"has its own (num_workers={data.num_workers}). Set it on the DataLoader, or "
+                "pass the Dataset and num_workers to fit."
             )
-        loader = data
-        if shard is not None and not isinstance(loader.sampler, DistributedSampler):
-            loader = _shard_loader(loader, shard, shuffle=shuffle, seed=seed)
-    elif isinstance(data, Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
-        is_iterable = isinstance(data, IterableDataset)
-        loader = DataLoader(
-            data,
-            batch_size=spec.batch_size,
-            shuffle=shuffle and not is_iterable,
-            generator=spec.generator,
-            pin_memory=spec.device.type == "cuda",
-            drop_last=spec.drop_last,
-            # not persistent: every epoch then draws its order exactly as without workers
-            num_workers=spec.num_workers,
-        )
-        if shard is not None and not is_iterable:
-            loader = _shard_loader(loader, shard, shuffle=shuffle, seed=seed)
-    else:
+        if shard is not None and not isinstance(data.sampler, DistributedSampler):
+            return _shard_loader(data, shard, shuffle=shuffle, seed=seed)
+        return data
+    if not (
+        isinstance(data, Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__"))
+    ):
         raise TypeError(
-            f"Invalid type for argument `{name}`. Expected a DataLoader, a Dataset or an "
+            f"Invalid type for argument `{spec.name}`. Expected a DataLoader, a Dataset or an "
             f"(inputs, targets) pair of tensors. Received {type(data).__name__}."
         )
-    if isinstance(loader.dataset, Sized) and len(loader.dataset) == 0:
-        raise ValueError(
-            f"Invalid value for argument `{name}`: the dataset is empty. Pass at least one sample."
-        )
-    # in the main process only: with workers, the samples are never loaded here
-    map_style = not isinstance(loader.dataset, IterableDataset)
-    if loader.collate_fn is default_collate and map_style and loader.num_workers == 0:
-        _check_collatable(name, loader.dataset)
-    return LoaderBatches(loader, spec)
-
-
-# -------------------- _data_check --------------------
-def shape_advice(shape: tuple[int, ...], input_shape: tuple[int, ...]) -> str:
-    """The fix for inputs of ``shape`` (batch first) that a model of ``input_shape`` refuses.
-
-    Each suggestion, applied, gives inputs of the model's shape: a missing channel axis
-    is added, channels-last images are permuted; only a shape that a model can be built
-    for (channels and 1 to 3 spatial dimensions) is offered as the model's input_shape.
-    """
-    channels, *size = input_shape
-    sample = shape[1:]
-    if shape == (*size, channels) and len(input_shape) == 3:
-        return (
-            "It looks like one channels-last image (H, W, C): permute it, not the model: "
-            "image.permute(2, 0, 1) (NumPy: image.transpose(2, 0, 1))."
-        )
-    if len(sample) == len(input_shape) == 3 and sample == (*size, channels):
-        return (
-            "They look like channels-last images (N, H, W, C). Permute the data, not the "
-            "model: inputs.permute(0, 3, 1, 2) (NumPy: x.transpose(0, 3, 1, 2))."
-        )
-    if channels == 1 and sample == tuple(size):
-        return (
-            "They have no channel axis; add it: x[:, None] (NumPy: x[:, None] or "
-            "np.expand_dims(x, 1))."
-        )
-    if channels == 1 and shape == tuple(size):
-        return "It looks like one sample without its channel axis; add it: x[None]."
-    if 2 <= len(sample) <= 4:
-        return f"Reshape the data or build the model for input_shape={sample}."
-    return "Reshape the data to the model's input_shape."
-
-
-def check_finite(name: str, inputs: torch.Tensor) -> None:
-    """Refuse inputs holding NaN or inf, naming how many samples and the first one."""
-    if not inputs.is_floating_point() or inputs.numel() == 0:
-        return
-    # aminmax propagates NaN and inf without a temporary the size of the data
-    if bool(torch.isfinite(torch.stack(torch.aminmax(inputs))).all()):  # one host read
-        return
-    bad = [
-        start + int(i)
-        for start in range(0, inputs.shape[0], 1024)
-        for i in torch.nonzero(
-            ~torch.isfinite(inputs[start : start + 1024]).flatten(1).all(dim=1)
-        ).flatten()
-    ]
-    raise nonfinite_error(name, bad)
-
-
-def nonfinite_error(name: str, bad: list[int]) -> ValueError:
-    """The error for samples ``bad`` (their indices) of ``name`` holding NaN or inf."""
-    return ValueError(
-        f"Invalid data in `{name}`: {len(bad)} sample(s) hold NaN or inf values (the "
-        f"first at index {bad[0]}). Drop or repair them, e.g. with torch.nan_to_num or by "
-        "filtering on torch.isfinite(x).flatten(1).all(1)."
+    is_iterable = isinstance(data, IterableDataset)
+    loader: DataLoader[Any] = DataLoader(
+        data,
+        batch_size=spec.batch_size,
+        shuffle=shuffle and not is_iterable,
+        generator=spec.generator,
+        pin_memory=spec.device.type == "cuda",
+        drop_last=spec.drop_last,
+        # not persistent: every epoch then draws its order exactly as without workers
+        num_workers=spec.num_workers,
     )
-
-
-class DataCheck:
-    """Checks inputs and targets against the model before they reach it.
-
-    Reads the model's optional ``input_shape``/``num_classes`` (see
-    [`DescribedModel`][convkit.DescribedModel]). Runs on whole tensors once (in-memory
-    data) or on each batch while it's still on the host (``DataLoader`` data), so it
-    never forces a device sync. Inputs must be finite: all of in-memory data, and the
-    first batch of a loader (later NaN/inf batches are the training loop's NaN guard's).
-    """
-
-    def __init__(self, model: nn.Module, name: str, *, loss: object = None) -> None:
-        self.model, self.name = model, name
-        # Targets equal to the loss's ignore_index (-100 for cross-entropy, the default
-        # loss of class-index targets) are no class and skip the range check.
-        self.ignore_index: int | None = getattr(
-            loss, "ignore_index", -100 if loss is None else None
-        )
-        self.input_shape = model_input_shape(model)
-        self.num_classes = model_num_classes(model)
-        self._probed = self.num_classes is not None
-        self._output_shape: tuple[int, ...] | None = None
-        self._sample_shape: tuple[int, ...] = ()
-        self._checked_finite = False
-
-    def _check_finite(self, inputs: torch.Tensor) -> None:
-        self._checked_finite = True
-        check_finite(self.name, inputs)
-
-    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor | None) -> None:
-        if inputs.device.type == "meta" or (targets is not None and targets.is_meta):
-            raise ValueError(
-                f"Invalid data in `{self.name}`: the tensors are on the meta device, which "
-                "holds shapes but no values. Pass real data, e.g. torch.rand(...) on the CPU."
-            )
-        if not (inputs.is_floating_point() or inputs.dtype == torch.uint8):
-            raise TypeError(
-                f"Invalid data in `{self.name}`: inputs have dtype {inputs.dtype}; the model "
-                "needs floating-point inputs (uint8 images are scaled to [0, 1] by themselves). "
-                "Convert them, e.g. inputs.float()."
-            )
-        if not self._checked_finite:
-            self._check_finite(inputs)
-        sample = self._sample_shape = tuple(inputs.shape[1:])
-        if self.input_shape is not None and not takes_sample_shape(self.model, sample):
-            raise ValueError(
-                f"Invalid data in `{self.name}`: inputs of shape {tuple(inputs.shape)} don't "
-                f"match the model's input_shape {self.input_shape}; expected (N, "
-                f"{', '.join(map(str, self.input_shape))}). "
-                + shape_advice(tuple(inputs.shape), self.input_shape)
-            )
-        if targets is None or targets.is_floating_point() or targets.dim() == 0:
-            return
-        if not self._probed:
-            # Models without a num_classes attribute: one dry run (eval mode, no_grad,
-            # modes restored) to read the outputs' shape.
-            self._probed = True
-            self._output_shape = infer_output_shape(self.model, tuple(inputs.shape[1:]))
-            out = self._output_shape
-            self.num_classes = out[0] if len(out) == 1 else None
-        classes = self.num_classes if targets.dim() == 1 else self._map_classes(targets)
-        if classes is None or classes < 2 or targets.numel() == 0:
-            # one output unit: not class scores; the task inference explains the fix
-            return
-        if self.ignore_index is not None:
-            targets = targets[targets != self.ignore_index]
-            if targets.numel() == 0:
-                return
-        low, high = (int(v) for v in torch.aminmax(targets))
-        if low < 0 or high >= classes:
-            bad = low if low < 0 else high
-            raise ValueError(
-                f"Invalid data in `{self.name}`: target {bad} is outside [0, {classes}) "
-                f"for a model with {classes} outputs. Targets must be class indices "
-                f"0..{classes - 1}; build the model with more classes or fix the labels."
-            )
-
-    def _map_classes(self, targets: torch.Tensor) -> int | None:
-        """The classes of a class map ``(N, *spatial)`` over outputs ``(N, C, *spatial)``."""
-        out = self._output_shape
-        if out is None:
-            self._output_shape = out = infer_output_shape(self.model, self._sample_shape)
-        if len(out) == targets.dim() and tuple(targets.shape[1:]) == tuple(out[1:]):
-            return int(out[0])
-        return None
+    if shard is not None and not is_iterable:
+        return _shard_loader(loader, shard, shuffle=shuffle, seed=seed)
+    return loader

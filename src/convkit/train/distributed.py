@@ -24,6 +24,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.rendezvous import rendezvous
 
+from .devices import launched
+
 logger = logging.getLogger(__name__)
 
 #: How long ``setup_distributed`` waits for the other processes by default, in seconds.
@@ -45,13 +47,6 @@ class DistContext:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def launched() -> bool:
-    """Whether this process is one of several (torchrun's variables, or a live group)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size() > 1
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def _check_timeout(timeout: Any) -> float:
@@ -163,14 +158,6 @@ def _join(backend: str, timeout: float) -> None:
     finally:
         notice.cancel()
     dist.init_process_group(backend, store=store, rank=rank, world_size=world)
-
-
-def auto_device() -> torch.device:
-    """The device ``device="auto"`` means on this rank of a launch: its GPU, or the CPU."""
-    if torch.cuda.is_available():
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device("cpu")
 
 
 def broadcast_int(value: int, device: torch.device) -> int:

@@ -1,77 +1,48 @@
-"""Training and inference loops: ``fit``, ``evaluate`` and ``predict``.
+"""The public training and inference functions: ``fit``, ``evaluate`` and ``predict``.
 
-The loops know nothing about CNNs (after minGPT's ``trainer.py``): any ``nn.Module``
-works. Losses and metrics are exact means over samples, evaluation restores each
-submodule's train/eval mode, and nothing runs a forward pass in train mode except
-training itself. Each public function validates every argument, then sets up, then
-runs; the pieces live in ``_optim`` (optimizer, loss, scheduler), ``_loop`` (one pass
-over the data), ``_epochs`` (the epoch loop) and ``_data`` (batching).
+They know nothing about CNNs (after minGPT's ``trainer.py``): any ``nn.Module`` works.
+Losses and metrics are exact means over samples, evaluation restores each submodule's
+train/eval mode, and nothing runs a forward pass in train mode except training itself.
+``fit`` checks its arguments and hands them to a [`Run`][convkit.train.run.Run], which
+holds the whole training run; ``evaluate`` and ``predict`` batch through the same path
+(``train/data.py``) and read the same task definition (``train/tasks.py``).
 """
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..checkpoints.restore import rng_state, set_rng_state
 from ..utils.probe import eval_mode
 from ..utils.typing import DeviceLike, MetricFn, model_input_shape
 from ..utils.validation import (
     check_choice,
-    check_finite_float,
     check_module,
     check_optional_bool,
     check_positive_int,
-    check_seed,
 )
-from . import distributed as _distributed
 from .callbacks import Callback
-from .data import Batching, LoaderBatches, TensorBatches
-from .devices import resolve_device
+from .data import Batching, TensorBatches, make_batches
+from .devices import Runtime
 from .history import History
-from .metrics import parse_metrics
-from .optim import (
+from .run import Batches, OptimizerSpec, Options, Run, not_a_tensor, score, setup_task
+from .tasks import (
+    OUTPUTS,
     LossFn,
-    OptimizerSpec,
-    build_scheduler,
-    check_optimizer,
-    check_scheduler,
-    make_optimizer,
-    resolve_loss,
-)
-from .run import (
-    LoopOptions,
-    Runtime,
-    TaskSetup,
-    announce,
-    build_run,
-    check_callbacks,
-    check_flags,
-    check_validation_split,
+    MetricSet,
+    TaskSpec,
+    check_loss,
+    check_task,
     loss_name,
-    make_checked_batches,
-    prepare_data,
-    record_task,
-    resume_run,
-    run_epoch,
-    seed_everything,
-    setup_task,
-    train,
-    wrap_model,
+    parse_metrics,
+    transform_outputs,
 )
-from .tasks import OUTPUTS, TaskSpec, check_task, transform_outputs
 
 __all__ = ["evaluate", "fit", "predict"]
-
-logger = logging.getLogger(__name__)
-
-Batches = TensorBatches | LoaderBatches
 
 #: ``metrics=``: ``None`` (the task's defaults), a name, a callable, a torchmetrics
 #: ``Metric``, a sequence of those, or a ``{name: metric}`` dict.
@@ -220,8 +191,10 @@ def fit(
             with the model's buffers (BatchNorm statistics) put back as they were
             before that batch. This reads one flag per batch, which on a GPU waits for
             that batch; ``False`` keeps the loop free of host syncs.
-        sync_batchnorm: Convert BatchNorm layers to ``SyncBatchNorm`` (distributed CUDA
-            runs), so that statistics are computed over the global batch.
+        sync_batchnorm: Convert BatchNorm layers to ``SyncBatchNorm``, so that a
+            distributed run computes their statistics over the global batch (CUDA only:
+            a distributed run on another device is refused). In one process
+            ``SyncBatchNorm`` normalises as ``BatchNorm`` does.
         on_interrupt: What Ctrl-C does once the interrupted state is saved (the
             callbacks' ``on_train_end`` runs first, so ``ModelCheckpoint`` writes its
             interrupted file): ``"raise"`` (default, as Keras and Lightning end a
@@ -271,124 +244,38 @@ def fit(
         >>> len(history["loss"]), history.device
         (2, 'cpu')
     """
-    # ---- every check before any work
     check_module("model", model)
-    check_choice("on_interrupt", on_interrupt, ("raise", "return"))
-    epochs = check_positive_int("epochs", epochs)
-    batch_size = check_positive_int("batch_size", batch_size)
-    check_finite_float("lr", lr, strict=True)
-    check_finite_float("weight_decay", weight_decay)
-    if grad_clip is not None:
-        check_finite_float("grad_clip", grad_clip, strict=True)
-    check_optimizer(optimizer, model)
-    check_scheduler(scheduler, optimizer, scheduler_interval)
-    loss_fn = resolve_loss(loss)
-    check_task(task)
-    requests = parse_metrics(metrics)
-    check_flags(
+    options = Options(
+        epochs=epochs,
+        val_data=val_data,
+        validation_split=validation_split,
+        batch_size=batch_size,
+        drop_last=drop_last,
+        num_workers=num_workers,
+        optimizer=optimizer,
+        lr=lr,
+        weight_decay=weight_decay,
+        loss=loss,
+        task=task,
+        metrics=metrics,
+        device=device,
         progress=progress,
+        seed=seed,
+        precision=precision,
+        memory_format=memory_format,
         compile=compile,
+        data_on_device=data_on_device,
+        callbacks=callbacks,
+        scheduler=scheduler,
+        scheduler_interval=scheduler_interval,
+        grad_clip=grad_clip,
+        resume_from=resume_from,
         nan_guard=nan_guard,
         sync_batchnorm=sync_batchnorm,
-        drop_last=drop_last,
-        data_on_device=data_on_device,
-    )
-    seed = check_seed(seed)
-    num_workers = check_positive_int("num_workers", num_workers, allow_zero=True)
-    check_validation_split(validation_split, val_data)
-    callback_list = check_callbacks(callbacks)
-    if resume_from is not None and not Path(resume_from).is_file():
-        raise FileNotFoundError(
-            f"Invalid value for argument `resume_from`: no checkpoint at {resume_from}."
-        )
-    launched = _distributed.launched()
-    dev = _distributed.auto_device() if launched and device == "auto" else resolve_device(device)
-    runtime = Runtime.create(model, dev, precision, memory_format)
-    if sync_batchnorm and dev.type != "cuda":
-        raise ValueError(
-            f"Invalid value for argument `sync_batchnorm`: SyncBatchNorm runs on CUDA only and "
-            f"the device is {dev}. Drop sync_batchnorm=True on the CPU."
-        )
-
-    # ---- data: checked against the model before any training
-    ctx = _distributed.setup_distributed()
-    rng = torch.get_rng_state()  # drawn from for the shuffling seed; put back on errors
-    try:
-        generator, train_batches, val = prepare_data(
-            model,
-            train_data,
-            val_data,
-            runtime,
-            ctx,
-            seed=seed,
-            resuming=resume_from is not None,
-            batch_size=batch_size,
-            drop_last=drop_last,
-            data_on_device=data_on_device,
-            loss=loss_fn,
-            validation_split=validation_split,
-            num_workers=num_workers,
-        )
-        runtime.place(model)
-        setup = setup_task(
-            model,
-            train_batches,
-            runtime,
-            task=task,
-            loss=loss_fn,
-            requests=requests,
-            name="train_data",
-        )
-    except BaseException:
-        torch.set_rng_state(rng)
-        _distributed.teardown(ctx)  # a process group fit created must not outlive the error
-        raise
-
-    # ---- set-up and resume (on an error the RNGs and the process group are put back)
-    rngs = rng_state()
-    try:
-        if seed is not None:
-            seed_everything(seed)
-        if sync_batchnorm:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[no-untyped-call]
-            runtime.place(model)  # the model was placed above; this places the new layers
-        opt = make_optimizer(optimizer, model, lr, weight_decay)
-        sched = build_scheduler(scheduler, opt)
-        net = wrap_model(model, ctx, dev, compile=compile)
-        options = LoopOptions(
-            grad_clip, nan_guard, drop_last, scheduler_interval, progress, on_interrupt
-        )
-        run = build_run(
-            model,
-            net,
-            opt,
-            sched,
-            train_batches,
-            val,
-            setup.loss_fn,
-            setup.metrics,
-            runtime,
-            ctx,
-            epochs,
-            History(seed=seed, device=str(dev)),
-            generator,
-            callback_list,
-            options,
-        )
-        state = run.state
-        start_epoch = resume_run(resume_from, run, generator) if resume_from is not None else 1
-    except BaseException:
-        set_rng_state(rngs)
-        _distributed.teardown(ctx)
-        raise
-    state.epoch = start_epoch - 1
-    record_task(state.history, setup)
-    announce(run, start_epoch, auto=device == "auto", task=setup.describe())
-
-    # ---- training
-    train(run, start_epoch)
-    history: History = state.history
-    return history
+        on_interrupt=on_interrupt,
+    )  # every argument checked, before any work
+    run = Run(model, train_data, options)  # data, task, optimizer: checked and set up
+    return run.fit()
 
 
 def _inference_setup(
@@ -401,46 +288,25 @@ def _inference_setup(
     data_on_device: bool | None,
     *,
     targets: bool,
-    loss: Any = None,
 ) -> tuple[Runtime, Batches]:
     """The checks and set-up ``evaluate`` and ``predict`` share, in that order."""
     check_module("model", model)
     batch_size = check_positive_int("batch_size", batch_size)
-    runtime = Runtime.create(model, resolve_device(device), precision, memory_format)
+    runtime = Runtime(model, device, precision, memory_format)
     check_optional_bool("data_on_device", data_on_device, "decide by size")
     spec = Batching(
         "data",
         batch_size,
-        False,
-        torch.Generator().manual_seed(0),
-        runtime.device,
-        targets,
-        None,
-        data_on_device,
-        runtime.memory_format,
+        shuffle=False,
+        generator=torch.Generator().manual_seed(0),
+        device=runtime.device,
+        need_targets=targets,
+        on_device=data_on_device,
+        memory_format=runtime.memory_format,
     )
-    batches = make_checked_batches(model, data, spec, loss)
+    batches = make_batches(data, spec, model=model)
     runtime.place(model, memory_format=False)  # the device only: the model keeps its layout
     return runtime, batches
-
-
-def _not_a_tensor(outputs: Any, inputs: torch.Tensor) -> TypeError:
-    """The error for a model whose forward returns something other than one tensor."""
-    kind = type(outputs).__name__
-    if isinstance(outputs, (tuple, list)):
-        kind += f" of {len(outputs)} items"
-        pick = "outputs[0]"
-    elif isinstance(outputs, Mapping):
-        kind += f" with keys {list(outputs)}"
-        pick = f"outputs[{next(iter(outputs), 'key')!r}]"
-    else:
-        pick = "the scores tensor"
-    return TypeError(
-        f"Invalid value for argument `model`: on inputs of shape {tuple(inputs.shape)} it "
-        f"returned a {kind}; convkit needs one tensor of scores (N, ...). Wrap the model so "
-        f"that forward returns {pick}, e.g. nn.Sequential(model, Pick()) with a module whose "
-        f"forward(outputs) returns {pick}."
-    )
 
 
 def _outputs(model: nn.Module, batches: Batches, runtime: Runtime) -> torch.Tensor:
@@ -459,7 +325,7 @@ def _outputs(model: nn.Module, batches: Batches, runtime: Runtime) -> torch.Tens
             with runtime.autocast():
                 out = model(runtime.format(batch.inputs))
             if not isinstance(out, torch.Tensor):
-                raise _not_a_tensor(out, batch.inputs)
+                raise not_a_tensor(out, batch.inputs)
             if total is None:
                 parts.append(out)
                 continue
@@ -470,7 +336,7 @@ def _outputs(model: nn.Module, batches: Batches, runtime: Runtime) -> torch.Tens
     return result if result is not None else torch.cat(parts).float().cpu()
 
 
-def _evaluation_setup(
+def _evaluation_metrics(
     model: nn.Module,
     batches: Batches,
     runtime: Runtime,
@@ -478,10 +344,10 @@ def _evaluation_setup(
     task: str,
     loss: LossFn | None,
     metrics: Metrics,
-) -> TaskSetup:
+) -> MetricSet:
     """``evaluate``'s task, loss and metrics: the given ones, else ``history``'s, else inferred."""
     requests = parse_metrics(metrics)
-    kept: TaskSetup | None = history.setup if history is not None else None
+    kept: MetricSet | None = history.setup if history is not None else None
     if history is not None and kept is None and history.task is not None:
         # a History loaded from a file: only the names survive; rebuild what they name
         task = history.task if task == "auto" else task
@@ -489,21 +355,21 @@ def _evaluation_setup(
             requests = _named(history.metrics, "metrics")
     elif kept is not None:
         task = kept.spec.task if task == "auto" else task
-        loss = kept.loss_fn if loss is None else loss
+        loss = kept.spec.loss if loss is None else loss
         requests = kept.requests if metrics is None else requests
-    setup = setup_task(
+    chosen = setup_task(
         model, batches, runtime, task=task, loss=loss, requests=requests, name="data"
     )
     if (
         history is not None
         and kept is None
-        and history.loss not in (None, loss_name(setup.loss_fn))
+        and history.loss not in (None, loss_name(chosen.spec.loss))
     ):
         raise ValueError(
             f"Invalid value for argument `history`: it was loaded from a file and records the "
             f"loss {history.loss}, which can't be rebuilt from its name; pass loss= as in fit."
         )
-    return setup
+    return chosen
 
 
 def _named(names: list[str], argument: str) -> Any:
@@ -574,7 +440,7 @@ def evaluate(
             f"Received history={history!r}."
         )
     check_task(task)
-    loss_fn = resolve_loss(loss)
+    loss_fn = check_loss(loss)
     parse_metrics(metrics)
     runtime, batches = _inference_setup(
         model,
@@ -585,11 +451,9 @@ def evaluate(
         memory_format,
         data_on_device,
         targets=True,
-        loss=loss_fn,
     )
-    setup = _evaluation_setup(model, batches, runtime, history, task, loss_fn, metrics)
-    with eval_mode(model), torch.inference_mode():
-        return run_epoch(model, batches, "data", setup.loss_fn, setup.metrics, runtime, step=None)
+    chosen = _evaluation_metrics(model, batches, runtime, history, task, loss_fn, metrics)
+    return score(model, batches, chosen, runtime, "data")
 
 
 def _prediction_spec(output: Any, task: Any, history: Any) -> TaskSpec | None:

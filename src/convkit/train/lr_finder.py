@@ -32,8 +32,8 @@ from ..utils.typing import DeviceLike
 from ..utils.validation import check_finite_float, check_module, check_positive_int
 from .callbacks import Callback, TrainState
 from .loops import fit
-from .optim import LossFn, OptimizerSpec
-from .run import NonFiniteLossError
+from .run import NonFiniteLossError, OptimizerSpec
+from .tasks import LossFn
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -1,42 +1,28 @@
-"""MERGED
+"""One training run, from its checked arguments to its last epoch: what ``fit`` runs.
 
-How a loop runs on its device: numeric precision and memory format.
+A [`Run`][convkit.train.run.Run] owns everything a ``fit`` call trains with: the checked
+arguments ([`Options`][convkit.train.run.Options]), the batches, the task with its loss
+and metrics, the model with its optimizer, scheduler and DDP/compile wrapper, and the
+History. It is read top to bottom after fastai's ``Learner``: ``Run.__init__`` sets up
+(every check before any work), ``Run.fit`` runs the epochs, and each epoch goes
+``one_epoch -> all_batches -> one_batch -> step``.
 
-Both are levers measured in ``benchmarks/`` (see the Performance page for the figures).
+Losses and metrics are exact means over the samples of an epoch: a
+[`Tally`][convkit.train.run.Tally] adds each batch's loss sum and count (as the task
+defines them) and its metric statistics on the device and reads them back once per
+epoch. The only other host read is the NaN guard's single flag per training batch (and
+the progress bar's rate-limited running loss, only when a bar is shown).
 
-
-One pass over the data: a training or an evaluation epoch.
-
-Losses and metric totals add up on the device and are read back once per epoch; the
-only other host read is the NaN guard's single flag per training batch (and the
-progress bar's rate-limited running loss, only when a bar is shown).
-
-
-The task, loss and metrics of a ``fit``/``evaluate`` run, set up from its first batch.
-
-Before any training step the model runs once on the first batch in eval mode under
-``no_grad`` (BatchNorm statistics and dropout untouched, every submodule's mode
-restored), so that [`infer_task`][convkit.train.tasks.infer_task] can read the outputs' shape
-and every metric can be tried. Peeking at a ``DataLoader`` leaves every random
-generator it draws from as it was, so the epochs see the batches they would have seen.
-
-
-``fit``'s epoch loop: callbacks, validation, the LR schedule, the History and Ctrl-C.
-
-Ctrl-C is a flag checked between batches, so training stops on a consistent state:
-the model, optimizer and scheduler all stand after the same batch, and the callbacks'
+Ctrl-C is a flag checked between batches, so training stops on a consistent state: the
+model, optimizer and scheduler all stand after the same batch, and the callbacks'
 ``on_train_end`` sees the last *completed* epoch.
-
-
-What ``fit``, ``evaluate`` and ``predict`` set up before the loop runs: checked data,
-the seeds, the run's state, and a resumed checkpoint.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib.util
+import inspect
 import logging
 import math
 import random
@@ -45,11 +31,11 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence, Sized
+from collections.abc import Callable, Mapping, Sequence, Sized
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -61,129 +47,56 @@ from ..checkpoints import resume
 from ..utils.probe import eval_mode, preserved_modes
 from ..utils.validation import (
     check_bool,
+    check_choice,
     check_finite_float,
     check_optional_bool,
+    check_positive_int,
+    check_seed,
 )
-from . import distributed as _distributed
+from . import distributed
 from .callbacks import Callback, TrainState, hook_order
-from .data import Batching, DataCheck, LoaderBatches, Shard, TensorBatches, make_batches, split_rows
-from .distributed import any_rank, sync_buffers
+from .data import Batching, LoaderBatches, TensorBatches, make_batches, split_rows
+from .devices import Runtime, launched
 from .history import History
-from .metrics import MetricSet, Request, bind_metrics
-from .optim import (
+from .tasks import (
     LossFn,
-    current_lr,
-    steps_per_batch,
+    MetricSet,
+    bind_metrics,
+    check_loss,
+    check_task,
+    infer_task,
+    loss_name,
+    parse_metrics,
 )
-from .tasks import TaskSpec, default_loss, infer_task
 
-# -------------------- _runtime --------------------
-PRECISIONS = {
-    "32": None,
-    "32-true": None,
-    "bf16": torch.bfloat16,
-    "bf16-mixed": torch.bfloat16,
-    "16-mixed": torch.float16,
+logger = logging.getLogger("convkit.training")
+
+Batches = TensorBatches | LoaderBatches
+
+#: ``optimizer=``: a name, an ``Optimizer`` class, a callable ``params -> optimizer``,
+#: or an optimizer built on the model's parameters.
+OptimizerSpec = (
+    str | type[torch.optim.Optimizer] | Callable[..., torch.optim.Optimizer] | torch.optim.Optimizer
+)
+
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "sgd": lambda params, **kw: torch.optim.SGD(params, momentum=0.9, **kw),
 }
-MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 
+#: Schedulers whose schedule counts optimizer steps: stepped after every batch unless
+#: ``scheduler_interval="epoch"`` says otherwise.
+STEP_SCHEDULERS = (torch.optim.lr_scheduler.OneCycleLR, torch.optim.lr_scheduler.CyclicLR)
 
-def check_precision(precision: Any, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` on ``device`` (``None``: plain float32)."""
-    if isinstance(precision, int) and not isinstance(precision, bool) and precision in (16, 32):
-        precision = "32" if precision == 32 else "16-mixed"  # Lightning's int spellings
-    if not isinstance(precision, (str, int)) or isinstance(precision, bool):
-        raise TypeError(
-            "Invalid type for argument `precision`. Expected '32' (float32), 'bf16' "
-            "(bfloat16 autocast) or '16-mixed' (float16 autocast with loss scaling, CUDA "
-            f"only). Received precision={precision!r} of type {type(precision).__name__}."
-        )
-    if precision not in PRECISIONS:
-        raise ValueError(
-            "Invalid value for argument `precision`. Expected '32' (float32), 'bf16' "
-            "(bfloat16 autocast) or '16-mixed' (float16 autocast with loss scaling, CUDA "
-            f"only). Received precision={precision!r}."
-        )
-    dtype = PRECISIONS[precision]
-    if dtype is torch.float16 and device.type != "cuda":
-        raise ValueError(
-            f"Invalid value for argument `precision`: '16-mixed' needs a CUDA device (it uses "
-            f"a GradScaler); the device is {device}. Use precision='bf16' on {device.type}, "
-            "or '32'."
-        )
-    if dtype is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError(
-            f"Invalid value for argument `precision`: {device} does not support bfloat16. "
-            "Use precision='16-mixed' or '32'."
-        )
-    return dtype
+SCHEDULER_INTERVALS = ("epoch", "step")
 
-
-def resolve_memory_format(
-    memory_format: Any, model: nn.Module, device: torch.device
-) -> torch.memory_format:
-    """``"auto"``: ``channels_last`` for models with 2-D convolutions on CPU and CUDA."""
-    if memory_format not in MEMORY_FORMATS:
-        raise ValueError(
-            "Invalid value for argument `memory_format`. Expected 'auto', 'channels_last' or "
-            f"'contiguous'. Received memory_format={memory_format!r}."
-        )
-    if memory_format == "channels_last":
-        return torch.channels_last
-    if memory_format == "contiguous":
-        return torch.contiguous_format
-    has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
-    use_cl = has_conv and device.type in ("cpu", "cuda")
-    return torch.channels_last if use_cl else torch.contiguous_format
-
-
-@dataclass
-class Runtime:
-    """Device, memory format and precision of one ``fit``/``evaluate``/``predict`` call."""
-
-    device: torch.device
-    memory_format: torch.memory_format
-    autocast_dtype: torch.dtype | None
-
-    @classmethod
-    def create(
-        cls, model: nn.Module, device: torch.device, precision: Any, memory_format: Any
-    ) -> Runtime:
-        return cls(
-            device,
-            resolve_memory_format(memory_format, model, device),
-            check_precision(precision, device),
-        )
-
-    def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
-
-    def grad_scaler(self) -> torch.amp.GradScaler | None:
-        if self.autocast_dtype is torch.float16:
-            return torch.amp.GradScaler(self.device.type)
-        return None
-
-    def format(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Inputs in the run's memory format (a no-op when they already are)."""
-        if inputs.dim() == 4 and self.memory_format is torch.channels_last:
-            return inputs.contiguous(memory_format=torch.channels_last)
-        return inputs
-
-    def place(self, model: nn.Module, *, memory_format: bool = True) -> None:
-        """Move the model to the device (in place, like ``model.to``), and to the memory
-        format too unless ``memory_format=False`` (inference keeps the model's layout and
-        formats only the inputs)."""
-        model.to(self.device)
-        if memory_format:
-            model.to(memory_format=self.memory_format)
-
-
-# -------------------- _loop --------------------
 # How often a shown progress bar's running loss is refreshed; reading it is a
 # host-device sync, so it is rate-limited.
 POSTFIX_INTERVAL_S = 0.5
+
+
+# ------------------------------------------------------------------ errors and interrupts
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -254,7 +167,7 @@ class BufferGuard:
     before the loss can be checked)."""
 
     def __init__(self, model: nn.Module) -> None:
-        self.buffers = [b for b in model.buffers() if b is not None]
+        self.buffers = list(model.buffers())
         self.saved = [b.detach().clone() for b in self.buffers]
 
     def save(self) -> None:
@@ -268,299 +181,433 @@ class BufferGuard:
                 buffer.copy_(saved)
 
 
-@dataclass
-class Step:
-    """How a training batch updates the model (``None`` in ``run_epoch``: evaluation)."""
-
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler | None = None
-    grad_clip: float | None = None
-    batch_scheduler: Any = None
-    nan_guard: bool = True
-    state: TrainState | None = None
-    callbacks: Sequence[Callback] = ()
-    epoch: int = 0
-    skip_single: bool = False
-    buffers: BufferGuard | None = None
-    interrupt: SigintFlag = field(default_factory=SigintFlag)
+# ------------------------------------------------------------------ the optimizer and scheduler
 
 
-def accumulator_dtype(device: torch.device) -> torch.dtype:
-    return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
-
-
-def _grad_norm(model: nn.Module) -> torch.Tensor | None:
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    return torch.nn.utils.get_total_norm(grads) if grads else None
-
-
-def _update(model: nn.Module, loss: torch.Tensor, step: Step, batch: int, history: History) -> None:
-    """Backward, NaN guard (one flag read), clip and optimizer step for one batch."""
-    opt = step.optimizer
-    opt.zero_grad(set_to_none=True)
-    scaled = loss if step.scaler is None else step.scaler.scale(loss)
-    torch.autograd.backward(scaled)
-    if step.scaler is not None and step.grad_clip is not None:
-        step.scaler.unscale_(opt)
-    norm: torch.Tensor | None = None
-    if step.grad_clip is not None:
-        norm = nn.utils.clip_grad_norm_(model.parameters(), step.grad_clip)
-    if step.nan_guard:
-        finite = torch.isfinite(loss.detach())
-        if step.scaler is None:  # the scaler skips steps with inf/NaN gradients itself
-            norm = norm if norm is not None else _grad_norm(model)
-            if norm is not None:
-                finite = finite & torch.isfinite(norm)
-        if not bool(finite):
-            _trip(model, loss, step, batch, history)
-    if step.scaler is None:
-        opt.step()
-    else:
-        step.scaler.step(opt)
-        step.scaler.update()
-    if step.batch_scheduler is not None:
-        step.batch_scheduler.step()
-
-
-def _trip(model: nn.Module, loss: torch.Tensor, step: Step, batch: int, history: History) -> None:
-    step.optimizer.zero_grad(set_to_none=True)
-    if step.buffers is not None:
-        step.buffers.restore()
-    value = loss.item()
-    what = "A gradient is not finite" if math.isfinite(value) else f"The loss is {value}"
-    kept = "parameters"
-    if step.buffers is not None and step.buffers.buffers:
-        kept += " and buffers (BatchNorm running statistics)"
-    if batch > 1:
-        when = f"after batch {batch - 1} of this epoch"
-    else:
-        when = f"at the end of epoch {step.epoch - 1}" if step.epoch > 1 else "before training"
-    raise NonFiniteLossError(
-        f"{what} at epoch {step.epoch}, batch {batch}: training stopped before the optimizer "
-        f"stepped on it, so the model's {kept} are as they were {when}. Lower the learning "
-        "rate, clip gradients (grad_clip=1.0) or check the data for NaN/inf; the History of "
-        "the completed epochs is in this error's `history`.",
-        history=history,
-        epoch=step.epoch,
-        batch=batch,
+def check_optimizer_params(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
+    """Refuse an optimizer that holds parameters of another model."""
+    owned = {id(p) for p in model.parameters()}
+    foreign = sum(
+        1 for group in optimizer.param_groups for p in group["params"] if id(p) not in owned
     )
-
-
-def run_epoch(
-    model: nn.Module,
-    batches: TensorBatches | LoaderBatches,
-    name: str,
-    loss_fn: LossFn,
-    metrics: MetricSet,
-    runtime: Runtime,
-    *,
-    step: Step | None,
-    bar: Any = None,
-    all_reduce: bool = False,
-    history: History | None = None,
-) -> dict[str, float]:
-    """One pass over ``batches``: a training epoch if ``step`` is given."""
-    device, dtype = runtime.device, accumulator_dtype(runtime.device)
-    # Two accumulators, each updated by a single in-place kernel per batch (a small
-    # model on a GPU is bound by kernel launches, so every launch counts): the loss
-    # total, and every metric's statistics in one flat vector.
-    loss_sum = torch.zeros((), dtype=dtype, device=device)
-    # A loss with an ignore_index averages over the targets it doesn't ignore, so its
-    # batch means are weighted by that count; every other loss by the batch size.
-    ignore_index: int | None = getattr(loss_fn, "ignore_index", None)
-    counted = torch.zeros((), dtype=dtype, device=device) if ignore_index is not None else None
-    stats = torch.zeros(metrics.size, dtype=dtype, device=device)
-    metrics.reset(device)
-    count = 0
-    last_refresh = time.perf_counter()
-    for index, batch in enumerate(_batches(batches, name)):
-        inputs, targets = runtime.format(batch[0]), batch[1]
-        n = inputs.shape[0]
-        if step is not None and step.skip_single and n == 1:
-            continue  # BatchNorm can't train on one sample; see fit's drop_last
-        if step is not None and step.buffers is not None:
-            step.buffers.save()
-        with runtime.autocast():
-            outputs = model(inputs)
-            loss = loss_fn(outputs, targets)
-        if step is not None:
-            _update(model, loss, step, index + 1, history or History())
-            if step.callbacks and step.state is not None:
-                step.state.batch, step.state.logs = index, {"loss": loss.detach()}
-                for callback in step.callbacks:
-                    callback.on_batch_end(step.state)
-        with torch.no_grad():
-            if counted is not None and ignore_index is not None and not targets.is_floating_point():
-                valid = torch.ne(targets, ignore_index).sum()
-                loss_sum.add_(loss.detach() * valid)
-                counted.add_(valid)
-            else:
-                loss_sum.add_(loss.detach(), alpha=n)
-                if counted is not None:
-                    counted.add_(n)
-            batch_stats = metrics.batch_totals(outputs.detach().float(), targets, dtype)
-            if metrics.size:
-                stats.add_(batch_stats)
-        count += n
-        if bar is not None:
-            bar.update(1)
-            now = time.perf_counter()
-            if now - last_refresh >= POSTFIX_INTERVAL_S:
-                last_refresh = now
-                weight = counted.item() if counted is not None else count
-                running = loss_sum.item() / weight if weight else float("nan")
-                bar.set_postfix(loss=f"{running:.4f}", refresh=False)
-        # distributed, a stop and a Ctrl-C are agreed on by every rank at the end of the
-        # epoch instead: a rank that left the epoch early would leave the others waiting
-        stop = step is not None and step.state is not None and step.state.stop_training
-        if step is not None and not all_reduce and (step.interrupt.raised or stop):
-            break
-    return _reduce(loss_sum, counted, stats, count, metrics, name, all_reduce)
-
-
-def _batches(
-    batches: TensorBatches | LoaderBatches, name: str
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    for batch in batches:
-        if batch.targets is None:
-            raise ValueError(
-                f"Invalid data in `{name}`: batches hold inputs but no targets; pass "
-                "(inputs, targets) pairs."
-            )
-        yield batch.inputs, batch.targets
-
-
-def _reduce(
-    loss_sum: torch.Tensor,
-    counted: torch.Tensor | None,
-    stats: torch.Tensor,
-    count: int,
-    metrics: MetricSet,
-    name: str,
-    all_reduce: bool,
-) -> dict[str, float]:
-    """One all-reduce and one host read of ``[loss total, loss weight, samples, *stats]``."""
-    samples = loss_sum.new_tensor([float(count)])
-    weight = counted.reshape(1) if counted is not None else samples
-    totals = torch.cat([loss_sum.reshape(1), weight, samples, stats])
-    if all_reduce:
-        import torch.distributed as dist
-
-        dist.all_reduce(totals)
-    values = totals.tolist()  # the one host sync of the epoch
-    if values[2] == 0:
-        raise ValueError(f"Invalid value for argument `{name}`: it yielded no batches.")
-    # every target ignored: no loss to average (cross-entropy itself gives NaN then)
-    loss = values[0] / values[1] if values[1] else float("nan")
-    return {"loss": loss, **metrics.compute(values[3:])}
-
-
-# -------------------- _task_setup --------------------
-__all__ = ["TaskSetup", "first_batch", "setup_task"]
-
-
-@dataclass(frozen=True)
-class TaskSetup:
-    """What a run trains and reports: the task, the loss it uses, its metrics."""
-
-    spec: TaskSpec
-    loss_fn: LossFn
-    metrics: MetricSet
-    requests: list[Request] | None  # as asked for (None: the task's defaults)
-    inferred: bool  # task="auto"
-
-    def describe(self) -> str:
-        """One line for the log: ``task multiclass (10 classes), loss ..., metrics ...``."""
-        how = " (inferred from the first batch)" if self.inferred else ""
-        names = ", ".join(self.metrics.names) or "none"
-        return f"task {self.spec.describe()}{how}, loss {loss_name(self.loss_fn)}, metrics {names}"
-
-
-def loss_name(loss: Any) -> str:
-    """``CrossEntropyLoss()``, ``mse_loss`` or the callable's class name."""
-    if isinstance(loss, nn.Module):
-        return repr(loss)
-    return str(getattr(loss, "__name__", None) or type(loss).__name__)
-
-
-@contextlib.contextmanager
-def _rng_untouched(batches: TensorBatches | LoaderBatches) -> Iterator[None]:
-    """Restore the generators a ``DataLoader`` draws its order from (and torch's global one)."""
-    loader = getattr(batches, "loader", None)
-    generators = [
-        g
-        for g in (
-            getattr(loader, "generator", None),
-            getattr(batches, "generator", None),
-            getattr(getattr(loader, "sampler", None), "generator", None),
+    if foreign:
+        raise ValueError(
+            f"Invalid value for argument `optimizer`: it holds {foreign} parameter tensor(s) that "
+            "don't belong to `model`. Build it on model.parameters(), or pass a name or class "
+            "and let fit build it."
         )
-        if isinstance(g, torch.Generator)
-    ]
-    states = [g.get_state() for g in generators]
-    global_state = torch.get_rng_state()
-    try:
-        yield
-    finally:
-        for generator, state in zip(generators, states, strict=True):
-            generator.set_state(state)
-        torch.set_rng_state(global_state)
 
 
-def first_batch(
-    batches: TensorBatches | LoaderBatches,
-) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-    """The first batch the data yields (``None`` if it yields none), drawing no randomness.
+def named_optimizer(
+    name: str, params: list[nn.Parameter], lr: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    """Build a named optimizer, with PyTorch's fused kernel where the parameters allow it.
 
-    In-memory data gives its first ``batch_size`` samples in stored order.
+    ``fused=True`` is the same algorithm in one kernel per step instead of a dozen small
+    ops per parameter tensor. It is used for real floating-point parameters on the CPU or
+    CUDA only, since PyTorch checks the parameters only at the first step, too late to
+    fall back; a version without a fused CPU kernel refuses it when the optimizer is
+    built, and the regular implementation is used then.
     """
-    if isinstance(batches, TensorBatches):
-        if int(batches.inputs.shape[0]) == 0:
-            return None
-        head = batches.head()
-        return head.inputs, head.targets
-    with _rng_untouched(batches):
-        batch = next(iter(batches), None)
-    return None if batch is None else (batch.inputs, batch.targets)
+    factory = OPTIMIZERS[name]
+    if all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params):
+        try:
+            return factory(params, lr=lr, weight_decay=weight_decay, fused=True)
+        except RuntimeError:
+            pass
+    return factory(params, lr=lr, weight_decay=weight_decay)
 
 
-def probe_outputs(model: nn.Module, inputs: torch.Tensor, runtime: Runtime) -> torch.Tensor:
-    """The model's float outputs on ``inputs``, changing nothing (eval mode, no_grad)."""
-    with eval_mode(model), torch.no_grad(), runtime.autocast():
-        outputs = model(runtime.format(inputs))
-    if not isinstance(outputs, torch.Tensor):
+def make_optimizer(
+    optimizer: OptimizerSpec, model: nn.Module, lr: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    """The optimizer ``fit`` steps, built on the model's trainable parameters if needed."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if isinstance(optimizer, torch.optim.Optimizer):
+        return optimizer  # checked against the model up front
+    if isinstance(optimizer, str):
+        return named_optimizer(optimizer, params, lr, weight_decay)
+    if isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer):
+        cls = cast(Callable[..., torch.optim.Optimizer], optimizer)  # takes lr=, weight_decay=
+        return cls(params, lr=lr, weight_decay=weight_decay)
+    built = cast(Callable[..., Any], optimizer)(params)
+    if not isinstance(built, torch.optim.Optimizer):
         raise TypeError(
-            f"The model must return a tensor; on inputs of shape {tuple(inputs.shape)} it "
-            f"returned {type(outputs).__name__}."
+            f"Invalid value for argument `optimizer`: calling {optimizer!r} on the "
+            f"parameters returned {type(built).__name__}, not a torch.optim.Optimizer."
         )
-    return outputs.float()
+    check_optimizer_params(built, model)
+    return built
 
 
-def setup_task(
-    model: nn.Module,
-    batches: TensorBatches | LoaderBatches,
-    runtime: Runtime,
-    *,
-    task: str,
-    loss: LossFn | None,
-    requests: list[Request] | None,
-    name: str,
-) -> TaskSetup:
-    """Infer or check the task on the first batch, pick the loss, bind the metrics.
+def check_trainable(model: nn.Module, optimizer: Any) -> None:
+    """Refuse a model with nothing to train (unless an optimizer instance says otherwise),
+    or an optimizer instance over parameters of another model."""
+    if isinstance(optimizer, torch.optim.Optimizer):
+        check_optimizer_params(optimizer, model)
+        return
+    params = list(model.parameters())
+    if not any(p.requires_grad for p in params):
+        state = (
+            f"all {len(params)} parameter tensors are frozen (requires_grad=False)"
+            if params
+            else "it has no parameters"
+        )
+        raise ValueError(
+            f"Invalid value for argument `model`: {state}, so there is nothing to train. "
+            "Unfreeze what should learn (p.requires_grad_(True) for p in "
+            "model.parameters()), or use evaluate/predict for a model that only infers."
+        )
 
-    Raises:
-        ValueError: For data that yields nothing, or anything ``infer_task`` or
-            ``bind_metrics`` refuses; all before any training.
+
+def _check_optimizer(optimizer: Any) -> None:
+    """Refuse an unknown optimizer name or an argument of the wrong type."""
+    if isinstance(optimizer, str):
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"Invalid value for argument `optimizer`: unknown name {optimizer!r}. Valid names "
+                f"are {', '.join(map(repr, OPTIMIZERS))}, or pass a torch.optim.Optimizer "
+                "subclass, a callable params -> optimizer, or an optimizer instance."
+            )
+    elif not callable(optimizer) and not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            "Invalid type for argument `optimizer`. Expected a name ('adam', 'adamw', 'sgd'), a "
+            "torch.optim.Optimizer subclass or instance, or a callable params -> optimizer. "
+            f"Received optimizer={optimizer!r}."
+        )
+
+
+def _is_scheduler(obj: Any) -> bool:
+    return isinstance(
+        obj, (torch.optim.lr_scheduler.LRScheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    ) or (not isinstance(obj, type) and callable(getattr(obj, "step", None)))
+
+
+def _check_plateau_interval(scheduler: Any, interval: str | None) -> None:
+    """``ReduceLROnPlateau`` steps on a monitored value, which exists once per epoch."""
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau
+    is_plateau = isinstance(scheduler, plateau) or (
+        isinstance(scheduler, type) and issubclass(scheduler, plateau)
+    )
+    if is_plateau and interval == "step":
+        raise ValueError(
+            "Invalid value for argument `scheduler_interval`: ReduceLROnPlateau steps on the "
+            "monitored loss (val_loss, else loss), which is measured once per epoch, and "
+            "scheduler_interval='step' would step it after every batch. Pass "
+            "scheduler_interval='epoch' (or None)."
+        )
+
+
+def check_scheduler(scheduler: Any, optimizer: Any, interval: Any) -> None:
+    """Refuse, before any work, a scheduler ``fit`` could not step correctly.
+
+    A scheduler *class* is accepted when the optimizer is its only required argument
+    (``ReduceLROnPlateau``); a class that needs more (``StepLR``'s ``step_size``) is
+    refused, naming what to pass. An instance must be built on ``fit``'s optimizer.
     """
-    batch = first_batch(batches)
-    if batch is None:
-        raise ValueError(f"Invalid value for argument `{name}`: it yielded no batches.")
-    inputs, targets = batch
+    if interval is not None:
+        check_choice("scheduler_interval", interval, SCHEDULER_INTERVALS)
+    _check_plateau_interval(scheduler, interval)
+    if scheduler is None:
+        return
+    if isinstance(scheduler, type):
+        required = [
+            p.name
+            for p in list(inspect.signature(scheduler).parameters.values())[1:]
+            if p.default is inspect.Parameter.empty
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        ]
+        if required:
+            raise TypeError(
+                f"Invalid value for argument `scheduler`: the class {scheduler.__name__} needs "
+                f"{', '.join(required)}. Pass a function optimizer -> scheduler, e.g. "
+                f"scheduler=lambda opt: {scheduler.__name__}(opt, {required[0]}=...)."
+            )
+    elif _is_scheduler(scheduler):
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise ValueError(
+                "Invalid value for argument `scheduler`: a scheduler instance is built on an "
+                "optimizer, but fit builds its own from optimizer="
+                f"{optimizer!r}, so the scheduler would never change its learning rate. Pass "
+                f"a function instead: scheduler=lambda opt: {type(scheduler).__name__}(opt, ...)."
+            )
+        _check_scheduler_optimizer(scheduler, optimizer)
+    elif not callable(scheduler):
+        raise TypeError(
+            "Invalid type for argument `scheduler`. Expected a torch LR scheduler built on the "
+            "optimizer, or a callable optimizer -> scheduler. "
+            f"Received scheduler={scheduler!r}."
+        )
+
+
+def _check_scheduler_optimizer(scheduler: Any, optimizer: torch.optim.Optimizer) -> None:
+    owner = getattr(scheduler, "optimizer", optimizer)
+    if owner is not optimizer:
+        raise ValueError(
+            f"Invalid value for argument `scheduler`: {type(scheduler).__name__} is built on "
+            "another optimizer than the one fit steps, so it would never change the learning "
+            "rate. Build it on the same optimizer, or pass a function optimizer -> scheduler."
+        )
+
+
+def build_scheduler(scheduler: Any, optimizer: torch.optim.Optimizer, interval: Any) -> Any:
+    """The scheduler instance for ``optimizer`` (``scheduler`` already checked)."""
+    if scheduler is None or _is_scheduler(scheduler):
+        return scheduler
+    built = scheduler(optimizer)  # a class or a function optimizer -> scheduler
+    if not _is_scheduler(built):
+        raise TypeError(
+            f"Invalid value for argument `scheduler`: calling it on the optimizer returned "
+            f"{type(built).__name__}, which has no step() method."
+        )
+    _check_scheduler_optimizer(built, optimizer)
+    _check_plateau_interval(built, interval)
+    return built
+
+
+def steps_per_batch(scheduler: Any, interval: str | None) -> bool:
+    """Whether ``scheduler`` is stepped after every batch (else after every epoch)."""
+    if scheduler is None:
+        return False
+    if interval is None:
+        return isinstance(scheduler, STEP_SCHEDULERS)
+    return interval == "step"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 - seeds the legacy global RNG that user code may use
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+# ------------------------------------------------------------------ checked arguments
+
+
+@dataclasses.dataclass
+class Options:
+    """``fit``'s arguments besides the model and the training data, checked on creation.
+
+    Every argument is checked (and normalised: NumPy integers become ints, a loss class
+    an instance, metrics a list of requests) before any work; see
+    [`fit`][convkit.fit] for what each one means.
+    """
+
+    epochs: Any
+    val_data: Any
+    validation_split: Any
+    batch_size: Any
+    drop_last: Any
+    num_workers: Any
+    optimizer: Any
+    lr: Any
+    weight_decay: Any
+    loss: Any
+    task: Any
+    metrics: Any
+    device: Any
+    progress: Any
+    seed: Any
+    precision: Any
+    memory_format: Any
+    compile: Any
+    data_on_device: Any
+    callbacks: Any
+    scheduler: Any
+    scheduler_interval: Any
+    grad_clip: Any
+    resume_from: Any
+    nan_guard: Any
+    sync_batchnorm: Any
+    on_interrupt: Any
+
+    def __post_init__(self) -> None:
+        check_choice("on_interrupt", self.on_interrupt, ("raise", "return"))
+        self.epochs = check_positive_int("epochs", self.epochs)
+        self.batch_size = check_positive_int("batch_size", self.batch_size)
+        check_finite_float("lr", self.lr, strict=True)
+        check_finite_float("weight_decay", self.weight_decay)
+        if self.grad_clip is not None:
+            check_finite_float("grad_clip", self.grad_clip, strict=True)
+        _check_optimizer(self.optimizer)
+        check_scheduler(self.scheduler, self.optimizer, self.scheduler_interval)
+        self.loss = check_loss(self.loss)
+        check_task(self.task)
+        self.metrics = parse_metrics(self.metrics)
+        for name in ("progress", "compile", "nan_guard", "sync_batchnorm"):
+            check_bool(name, getattr(self, name))
+        check_optional_bool("drop_last", self.drop_last, "drop a last batch of one for BatchNorm")
+        check_optional_bool("data_on_device", self.data_on_device, "decide by size")
+        self.seed = check_seed(self.seed)
+        self.num_workers = check_positive_int("num_workers", self.num_workers, allow_zero=True)
+        self._check_validation_split()
+        if isinstance(self.callbacks, Callback):
+            self.callbacks = [self.callbacks]
+        if not isinstance(self.callbacks, Sequence) or not all(
+            isinstance(c, Callback) for c in self.callbacks
+        ):
+            raise TypeError(
+                "Invalid type for argument `callbacks`. Expected a sequence of convkit.Callback "
+                f"instances, e.g. [EarlyStopping()]. Received callbacks={self.callbacks!r}."
+            )
+        if self.resume_from is not None and not Path(self.resume_from).is_file():
+            raise FileNotFoundError(
+                f"Invalid value for argument `resume_from`: no checkpoint at {self.resume_from}."
+            )
+
+    def _check_validation_split(self) -> None:
+        if self.validation_split is None:
+            return
+        check_finite_float("validation_split", self.validation_split, strict=True)
+        if self.validation_split >= 1:
+            raise ValueError(
+                "Invalid value for argument `validation_split`. Expected a fraction in (0, 1), "
+                f"e.g. 0.1. Received validation_split={self.validation_split!r}."
+            )
+        if self.val_data is not None:
+            raise ValueError(
+                "Invalid value for argument `validation_split`: val_data is given too. Pass "
+                "either val_data or validation_split, not both."
+            )
+
+
+# ------------------------------------------------------------------ exact epoch totals
+
+
+class Tally:
+    """An epoch's exact totals on the device, read back once: the loss's sum and count
+    (as the task defines them), the samples, and every metric's statistics.
+
+    Each total is updated by a single in-place kernel per batch: a small model on a GPU
+    is bound by kernel launches, so every launch counts.
+    """
+
+    def __init__(self, metrics: MetricSet, runtime: Runtime, name: str) -> None:
+        self.metrics, self.task, self.name = metrics, metrics.spec, name
+        self.dtype, device = runtime.accumulator, runtime.device
+        self.loss = torch.zeros(2, dtype=self.dtype, device=device)  # [sum, count]
+        self.stats = torch.zeros(metrics.size, dtype=self.dtype, device=device)
+        self.samples = 0
+        metrics.reset(device)
+
+    def add(
+        self,
+        outputs: torch.Tensor,
+        targets: torch.Tensor,
+        loss: torch.Tensor,
+        count: torch.Tensor,
+        real: int | None = None,
+    ) -> None:
+        """Add a batch, its loss and the loss's count (``TaskSpec.loss_count``).
+
+        ``real``: count only the batch's first ``real`` samples; the rest is a distributed
+        sampler's padding, and the loss of the real ones is computed again without it.
+        """
+        if real == 0:
+            return
+        with torch.no_grad():
+            if real is not None:
+                outputs, targets = outputs[:real], targets[:real]
+                loss = self.task.loss(outputs, targets)
+                count = self.task.loss_count(targets, self.dtype)
+            self.loss.add_(torch.stack(self.task.loss_total(loss, count)))
+            totals = self.metrics.batch_totals(outputs.detach().float(), targets, self.dtype)
+            if self.metrics.size:
+                self.stats.add_(totals)
+        self.samples += int(outputs.shape[0])
+
+    def running_loss(self) -> float:
+        """The mean loss so far (a host read)."""
+        total, count = self.loss.tolist()
+        return total / count if count else math.nan
+
+    def result(self, all_reduce: bool) -> dict[str, float]:
+        """The epoch's exact means: one all-reduce and one host read."""
+        samples = self.loss.new_tensor([float(self.samples)])
+        totals = torch.cat([self.loss, samples, self.stats])
+        if all_reduce:
+            torch.distributed.all_reduce(totals)
+        values = totals.tolist()  # the one host sync of the epoch
+        if values[2] == 0:
+            raise ValueError(f"Invalid value for argument `{self.name}`: it yielded no batches.")
+        # every target ignored: no loss to average (cross-entropy itself gives NaN then)
+        loss = values[0] / values[1] if values[1] else math.nan
+        return {"loss": loss, **self.metrics.compute(values[3:])}
+
+
+def _sample_count(data: Any) -> int:
+    """The number of samples of any form of ``data``; -1 where it has no length."""
+    if isinstance(data, DataLoader):
+        data = data.dataset
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        data = data[0]
+    try:
+        return len(data)
+    except TypeError:  # an IterableDataset
+        return -1
+
+
+def _targets(targets: torch.Tensor | None, name: str) -> torch.Tensor:
     if targets is None:
         raise ValueError(
             f"Invalid data in `{name}`: batches hold inputs but no targets; pass "
             "(inputs, targets) pairs."
         )
-    outputs = probe_outputs(model, inputs, runtime)
+    return targets
+
+
+def score(
+    model: nn.Module,
+    batches: Batches,
+    metrics: MetricSet,
+    runtime: Runtime,
+    name: str,
+    *,
+    all_reduce: bool = False,
+) -> dict[str, float]:
+    """Loss and metrics of ``model`` on ``batches``: eval mode, no gradients, exact means."""
+    tally = Tally(metrics, runtime, name)
+    with eval_mode(model), torch.inference_mode():
+        for batch in batches:
+            targets = _targets(batch.targets, name)
+            with runtime.autocast():
+                outputs = model(runtime.format(batch.inputs))
+                loss = metrics.spec.loss(outputs, targets)
+            count = metrics.spec.loss_count(targets, runtime.accumulator)
+            tally.add(outputs, targets, loss, count, batch.real)
+    return tally.result(all_reduce)
+
+
+def setup_task(
+    model: nn.Module,
+    batches: Batches,
+    runtime: Runtime,
+    *,
+    task: str,
+    loss: LossFn | None,
+    requests: Any,
+    name: str,
+) -> MetricSet:
+    """Read the task from the first batch, check every target against it, bind the metrics.
+
+    The model runs once on the first batch in eval mode under ``no_grad`` (BatchNorm
+    statistics and dropout untouched, every submodule's mode restored), so that
+    [`infer_task`][convkit.train.tasks.infer_task] can read the outputs' shape and every
+    metric can be tried. Peeking at a ``DataLoader`` leaves every random generator it
+    draws from as it was, so the epochs see the batches they would have seen.
+
+    Raises:
+        ValueError: For data that yields nothing, or anything ``infer_task``,
+            ``check_targets`` or ``bind_metrics`` refuses; all before any training.
+    """
+    batch = batches.first()
+    if batch is None:
+        raise ValueError(f"Invalid value for argument `{name}`: it yielded no batches.")
+    targets = _targets(batch.targets, name)
+    with eval_mode(model), torch.no_grad(), runtime.autocast():
+        outputs = model(runtime.format(batch.inputs))
+    if not isinstance(outputs, torch.Tensor):
+        raise not_a_tensor(outputs, batch.inputs)
+    outputs = outputs.float()
     try:
         spec = infer_task(task, outputs, targets, loss)
     except ValueError as err:
@@ -571,10 +618,9 @@ def setup_task(
             f"{err} (The targets were passed as {given.dtype}; fit converts float targets "
             f"to the model's {targets.dtype}.)"
         ) from None
-    loss_fn = loss if loss is not None else default_loss(spec)
-    _check_loss_runs(loss_fn, outputs, targets)
-    metrics = bind_metrics(requests, spec, outputs, targets, accumulator_dtype(runtime.device))
-    return TaskSetup(spec, loss_fn, metrics, requests, inferred=task == "auto")
+    batches.check_task(spec)
+    _check_loss_runs(spec.loss, outputs, targets)
+    return bind_metrics(requests, spec, outputs, targets)
 
 
 def _check_loss_runs(loss_fn: LossFn, outputs: torch.Tensor, targets: torch.Tensor) -> None:
@@ -599,30 +645,465 @@ def _check_loss_runs(loss_fn: LossFn, outputs: torch.Tensor, targets: torch.Tens
         )
 
 
-# -------------------- _epochs --------------------
-logger = logging.getLogger("convkit.training")
+def not_a_tensor(outputs: Any, inputs: torch.Tensor) -> TypeError:
+    """The error for a model whose forward returns something other than one tensor."""
+    kind = type(outputs).__name__
+    if isinstance(outputs, (tuple, list)):
+        kind += f" of {len(outputs)} items"
+        pick = "outputs[0]"
+    elif isinstance(outputs, Mapping):
+        kind += f" with keys {list(outputs)}"
+        pick = f"outputs[{next(iter(outputs), 'key')!r}]"
+    else:
+        pick = "the scores tensor"
+    return TypeError(
+        f"Invalid value for argument `model`: on inputs of shape {tuple(inputs.shape)} it "
+        f"returned a {kind}; convkit needs one tensor of scores (N, ...). Wrap the model so "
+        f"that forward returns {pick}, e.g. nn.Sequential(model, Pick()) with a module whose "
+        f"forward(outputs) returns {pick}."
+    )
 
-Batches = TensorBatches | LoaderBatches
+
+# ------------------------------------------------------------------ the run
 
 
-@dataclass
 class Run:
-    """Everything the epoch loop needs, set up by ``fit``."""
+    """One ``fit`` call: set up in ``__init__`` (every check first), trained by ``fit``.
 
-    model: nn.Module
-    net: nn.Module  # what the training batches go through: the model, or its DDP/compile wrapper
-    train: Batches
-    val: Batches | None
-    loss_fn: LossFn
-    metrics: MetricSet
-    runtime: Runtime
-    step: Step
-    state: TrainState
-    scheduler: Any
-    per_batch: bool
-    show: bool
-    distributed: bool
-    on_interrupt: str = "raise"
+    Args:
+        model: The network.
+        train_data: The training data, in any form ``fit`` takes.
+        options: The other arguments, checked.
+
+    On an error during the set-up, the global RNGs are as they were and a process group
+    the run created is destroyed.
+    """
+
+    def __init__(self, model: nn.Module, train_data: Any, options: Options) -> None:
+        self.model, self.options = model, options
+        check_trainable(model, options.optimizer)
+        self.runtime = Runtime(model, options.device, options.precision, options.memory_format)
+        if options.sync_batchnorm and launched() and self.runtime.device.type != "cuda":
+            raise ValueError(
+                "Invalid value for argument `sync_batchnorm`: SyncBatchNorm synchronises "
+                f"statistics across processes on CUDA only, and the device is "
+                f"{self.runtime.device}. Drop sync_batchnorm=True for a distributed run on "
+                f"{self.runtime.device.type}."
+            )
+        self.ctx = distributed.setup_distributed() if launched() else None
+        rng = torch.get_rng_state()  # the shuffling seed draws from it
+        try:
+            self._prepare_data(train_data)
+            self._prepare_training()
+            self.start = self._resume() if options.resume_from is not None else 1
+        except BaseException:
+            torch.set_rng_state(rng)
+            distributed.teardown(self.ctx)  # a process group fit created must not outlive it
+            raise
+        if options.seed is not None and options.resume_from is None:
+            seed_everything(options.seed)
+
+    def _prepare_data(self, train_data: Any) -> None:
+        """The shuffling generator, the batches and the task, all checked against the model."""
+        o, ctx = self.options, self.ctx
+        if ctx is not None:  # before any collective that a rank with other data would skip
+            distributed.check_same_length(
+                "train_data", _sample_count(train_data), self.runtime.device
+            )
+            if o.val_data is not None:
+                distributed.check_same_length(
+                    "val_data", _sample_count(o.val_data), self.runtime.device
+                )
+        # A resumed run's generator state comes from the checkpoint: drawing a seed from the
+        # global RNG would change it before the checkpoint is checked.
+        seed = 0 if o.seed is None and o.resume_from is not None else o.seed
+        if seed is None:  # follow the global RNG, so torch.manual_seed() before fit still works
+            seed = int(torch.empty((), dtype=torch.int64).random_().item())
+        if ctx is not None:  # the same on every rank
+            seed = distributed.broadcast_int(seed, self.runtime.device)
+        self.generator = torch.Generator().manual_seed(seed)
+        spec = Batching(
+            "train_data",
+            o.batch_size,
+            shuffle=True,
+            generator=self.generator,
+            device=self.runtime.device,
+            need_targets=True,
+            on_device=o.data_on_device,
+            memory_format=self.runtime.memory_format,
+            shard=(ctx.rank, ctx.world_size) if ctx is not None else None,
+            seed=seed,
+            drop_last=o.drop_last is True,
+            num_workers=o.num_workers,
+        )
+        # validation never shuffles; its own generator keeps the training RNG untouched
+        val_spec = dataclasses.replace(
+            spec, name="val_data", shuffle=False, generator=torch.Generator(), drop_last=False
+        )
+        val_data = o.val_data
+        if o.validation_split is not None:  # the same split on every call and every rank
+            train_rows, val_rows = split_rows(train_data, o.validation_split, o.seed or 0)
+            spec = dataclasses.replace(spec, rows=train_rows)
+            val_spec = dataclasses.replace(val_spec, rows=val_rows)
+            val_data = train_data
+        self.train = make_batches(train_data, spec, model=self.model)
+        self._check_last_batch()
+        self.val = None
+        if val_data is not None:
+            self.val = make_batches(val_data, val_spec, model=self.model)
+        self.runtime.place(self.model)
+        self.metrics = setup_task(
+            self.model,
+            self.train,
+            self.runtime,
+            task=o.task,
+            loss=o.loss,
+            requests=o.metrics,
+            name="train_data",
+        )
+        self.task = self.metrics.spec
+        if self.val is not None:
+            self.val.check_task(self.task)
+
+    def _check_last_batch(self) -> None:
+        """Refuse training data that leaves no batch to train on, saying why.
+
+        BatchNorm can't train on one sample: ``drop_last=None`` skips a last batch of one
+        sample, ``drop_last=False`` keeping one is refused.
+        """
+        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
+        drop_last, size = self.options.drop_last, self.options.batch_size
+        self.skip_single = drop_last is None and has_bn
+        train = self.train
+        samples: int | None = None
+        if isinstance(train, TensorBatches):
+            samples = train.num_samples
+        elif isinstance(train.loader.dataset, Sized):
+            samples = len(train.loader.dataset)
+        one_left = isinstance(train, TensorBatches) and samples is not None and samples % size == 1
+        if drop_last is False and has_bn and one_left:
+            raise ValueError(
+                f"Invalid value for argument `drop_last`: drop_last=False keeps a last "
+                f"training batch of 1 sample ({samples} samples, batch_size={size}), and "
+                "the model's BatchNorm layers can't train on one sample. Use "
+                "drop_last=None (skips just that batch), drop_last=True, or another "
+                "batch_size."
+            )
+        if samples == 1 and has_bn and drop_last is not False:
+            raise ValueError(
+                "Invalid value for argument `train_data`: it holds 1 sample, and the model's "
+                "BatchNorm layers can't train on a batch of one sample, so fit skips that "
+                "batch and nothing is left to train on. To overfit one sample, repeat it: "
+                "(torch.cat([x, x]), torch.cat([y, y])); or build the model without BatchNorm "
+                "(build_cnn(..., norm=None, head_norm=None))."
+            )
+        if isinstance(train, TensorBatches) and len(train) == 0:
+            raise ValueError(
+                f"Invalid value for argument `drop_last`: drop_last=True drops every incomplete "
+                f"batch, and train_data's {samples} samples make no full batch of "
+                f"batch_size={size}. Pass drop_last=None or a batch_size of at most {samples}."
+            )
+
+    def _prepare_training(self) -> None:
+        """The optimizer, scheduler, wrapper, History and the state callbacks see."""
+        o, ctx, device = self.options, self.ctx, self.runtime.device
+        if o.sync_batchnorm:
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)  # type: ignore[no-untyped-call]
+            self.runtime.place(self.model)  # the layers it converted
+        self.optimizer = make_optimizer(o.optimizer, self.model, o.lr, o.weight_decay)
+        self.scheduler = build_scheduler(o.scheduler, self.optimizer, o.scheduler_interval)
+        self.per_batch = steps_per_batch(self.scheduler, o.scheduler_interval)
+        self.net: nn.Module = self.model  # what the training batches go through
+        if ctx is not None:
+            index = [device.index] if device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=index)
+        if o.compile:
+            self.net = cast(nn.Module, torch.compile(self.net))
+        log_keys = ["loss", *self.metrics.names]
+        log_keys += [f"val_{k}" for k in log_keys] if self.val is not None else []
+        self.state = TrainState(
+            model=self.model,
+            optimizer=self.optimizer,
+            epochs=o.epochs,
+            history=History(seed=o.seed, device=str(device)),
+            log_keys=tuple(log_keys),
+            is_main=ctx is None or ctx.is_main,
+            progress=o.progress and (ctx is None or ctx.is_main),
+            steps_per_epoch=batches_per_epoch(self.train),
+            scheduler=self.scheduler,
+            scaler=self.runtime.grad_scaler(),
+            generator=self.generator,
+            callbacks=list(o.callbacks),
+        )
+        self.callbacks = hook_order(o.callbacks)  # checkpoints last: they save the others
+        guard = o.nan_guard and any(True for _ in self.model.buffers())
+        self.buffers = BufferGuard(self.model) if guard else None
+        self.interrupt = SigintFlag()
+        self.show = self.state.progress
+
+    def _resume(self) -> int:
+        """Restore everything the checkpoint holds into the run; the first epoch to train."""
+        state, path = self.state, self.options.resume_from
+        payload = resume(
+            path,
+            model=self.model,
+            optimizer=state.optimizer,
+            scheduler=state.scheduler,
+            scaler=state.scaler,
+            generator=self.generator,
+            callbacks=state.callbacks,
+            epochs=state.epochs,
+        )
+        if payload["history"] is not None:
+            state.history = History.from_dict(payload["history"])
+            state.history.device = str(self.runtime.device)
+        state.history.interrupted = False
+        state.stop_training = payload.get("stopped", False)
+        if state.stop_training:
+            logger.info("fit: the run in %s was stopped by a callback; no epoch to train", path)
+        return int(payload["epoch"] or 0) + 1
+
+    # -------------------------------------------------------------- the loop
+
+    def fit(self) -> History:
+        """Train epochs ``start..epochs``; modes restored, callbacks told the end.
+
+        ``on_train_end`` runs after a normal end and after a graceful Ctrl-C (the first
+        one), not when an error (or a second Ctrl-C) propagates.
+        """
+        state = self.state
+        state.epoch = self.start - 1
+        self._announce()
+        with self.interrupt:
+            try:
+                with preserved_modes(self.model):
+                    self._epochs()
+            except HardInterrupt:
+                raise
+            except KeyboardInterrupt:
+                # Ctrl-C: stop at this batch and keep everything learned; the callbacks save
+                # the interrupted state before the interrupt goes on to the caller.
+                done = state.history.epochs
+                state.history.interrupted = state.interrupted = True
+                state.epoch = done[-1]["epoch"] if done else self.start - 1
+                logger.info("fit interrupted by the user during epoch %d", state.epoch + 1)
+            for callback in self.callbacks:
+                callback.on_train_end(state)
+        if state.history.interrupted:
+            self._after_interrupt()
+        history: History = state.history
+        return history
+
+    def _after_interrupt(self) -> None:
+        """Say what happened to an interrupted run, then end as ``on_interrupt`` says."""
+        epoch = self.state.epoch + 1
+        if self.options.on_interrupt == "return":
+            if self.show:
+                tqdm.write(f"Interrupted during epoch {epoch}; returning the History so far.")
+            return
+        # Exactly KeyboardInterrupt (a subclass would make Python exit with status 1, not 130)
+        interrupt = KeyboardInterrupt(
+            f"Training was interrupted (Ctrl-C) during epoch {epoch}; {self.state.epoch} "
+            "epoch(s) finished and the model keeps what it learned. The exception's .history "
+            'holds their History; pass fit(on_interrupt="return") to get it returned instead.'
+        )
+        interrupt.history = self.state.history  # type: ignore[attr-defined]
+        raise interrupt
+
+    def _announce(self) -> None:
+        """Record what the run trains in the History; log (and with a bar, print) it."""
+        history, task, device = self.state.history, self.task, self.runtime.device
+        history.task, history.loss = task.task, loss_name(task.loss)
+        history.metrics, history.setup = list(self.metrics.names), self.metrics
+        how = " (inferred from the first batch)" if self.options.task == "auto" else ""
+        names = ", ".join(self.metrics.names) or "none"
+        auto = self.options.device == "auto"
+        logger.info(
+            "fit: epochs %d-%d on %s%s; task %s%s, loss %s, metrics %s",
+            self.start,
+            self.state.epochs,
+            device,
+            " (picked by device='auto')" if auto else "",
+            task.describe(),
+            how,
+            history.loss,
+            names,
+        )
+        if self.show and auto:
+            tqdm.write(f"Training on {device} (device='auto'; pass device= to choose).")
+
+    def _epochs(self) -> None:
+        state, history = self.state, self.state.history
+        for callback in self.callbacks:
+            callback.on_train_begin(state)
+        for epoch in range(self.start, state.epochs + 1):
+            if self.ctx is not None:  # a stop asked for on any rank stops every rank
+                state.stop_training = distributed.any_rank(state.stop_training, self.runtime.device)
+            if state.stop_training:  # set by a callback, or by a resumed run that had stopped
+                break
+            state.epoch = epoch
+            for callback in self.callbacks:
+                callback.on_epoch_begin(state)
+            start, lr = time.perf_counter(), float(self.optimizer.param_groups[0]["lr"])
+            logs = self.one_epoch(epoch)
+            if self.ctx is not None:  # a Ctrl-C on any rank stops every rank, after this epoch
+                self.interrupt.raised = distributed.any_rank(
+                    self.interrupt.raised, self.runtime.device
+                )
+            elif self.interrupt.raised:  # mid-epoch: the epoch is not recorded
+                raise KeyboardInterrupt
+            seconds = time.perf_counter() - start
+            history.append(epoch, logs, seconds, lr=lr)
+            state.logs = dict(logs)
+            line = " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
+            logger.info("epoch %d/%d: %s (%.1fs)", epoch, state.epochs, line, seconds)
+            if self.show:
+                tqdm.write(f"Epoch {epoch}/{state.epochs} - {line} - {seconds:.1f}s")
+            for callback in self.callbacks:
+                callback.on_epoch_end(state)
+            if self.interrupt.raised:
+                raise KeyboardInterrupt
+
+    def one_epoch(self, epoch: int) -> dict[str, float]:
+        """Train one epoch, validate, step the epoch scheduler; the epoch's logs."""
+        self.train.set_epoch(epoch)
+        self.model.train()
+        with self._bar(epoch) as bar:
+            logs = self.all_batches(epoch, bar)
+        if self.interrupt.raised and self.ctx is None:  # distributed: the epoch ends
+            return logs
+        if self.ctx is not None:
+            distributed.sync_buffers(self.model)  # e.g. BatchNorm: the same model everywhere
+        if self.val is not None:
+            # the model, not a DDP wrapper: evaluation needs no gradient sync
+            val_logs = score(
+                self.model,
+                self.val,
+                self.metrics,
+                self.runtime,
+                "val_data",
+                all_reduce=self.ctx is not None,
+            )
+            if not math.isfinite(val_logs["loss"]):
+                warnings.warn(
+                    f"val_loss is {val_logs['loss']} at epoch {epoch}: the validation data "
+                    "holds NaN/inf values or the model produces them on it, so callbacks that "
+                    "monitor val_loss (EarlyStopping, ModelCheckpoint(save_best_only=True)) "
+                    "can't see an improvement. Check val_data with torch.isfinite.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            logs.update({f"val_{k}": v for k, v in val_logs.items()})
+        if self.scheduler is not None and not self.per_batch:
+            if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                self.scheduler.step(logs["val_loss" if self.val is not None else "loss"])
+            else:
+                self.scheduler.step()
+        return logs
+
+    def _bar(self, epoch: int) -> Any:
+        if not self.show:
+            return nullcontext(None)
+        return _bar_class()(
+            total=self.state.steps_per_epoch,
+            desc=f"Epoch {epoch}/{self.state.epochs}",
+            unit="batch",
+            leave=False,
+            dynamic_ncols=True,
+        )
+
+    def all_batches(self, epoch: int, bar: Any) -> dict[str, float]:
+        """One pass over the training batches: the epoch's exact loss and metrics."""
+        tally = Tally(self.metrics, self.runtime, "train_data")
+        state, last_refresh = self.state, time.perf_counter()
+        for index, batch in enumerate(self.train):
+            if self.skip_single and batch.inputs.shape[0] == 1:
+                continue  # BatchNorm can't train on one sample; see fit's drop_last
+            self.one_batch(epoch, index + 1, batch, tally)
+            if bar is not None:
+                bar.update(1)
+                if time.perf_counter() - last_refresh >= POSTFIX_INTERVAL_S:
+                    last_refresh = time.perf_counter()
+                    bar.set_postfix(loss=f"{tally.running_loss():.4f}", refresh=False)
+            # distributed, a stop and a Ctrl-C are agreed on by every rank at the end of the
+            # epoch instead: a rank that left the epoch early would leave the others waiting
+            if self.ctx is None and (self.interrupt.raised or state.stop_training):
+                break
+        return tally.result(all_reduce=self.ctx is not None)
+
+    def one_batch(self, epoch: int, index: int, batch: Any, tally: Tally) -> None:
+        """Forward, loss, step, callbacks, then the batch's totals (``index`` from 1)."""
+        targets = _targets(batch.targets, "train_data")
+        if self.buffers is not None:
+            self.buffers.save()
+        with self.runtime.autocast():
+            outputs = self.net(self.runtime.format(batch.inputs))
+            loss = self.task.loss(outputs, targets)
+        count = self.task.loss_count(targets, self.runtime.accumulator)
+        self.step(loss, count, epoch, index)
+        if self.callbacks:
+            self.state.batch, self.state.logs = index - 1, {"loss": loss.detach()}
+            for callback in self.callbacks:
+                callback.on_batch_end(self.state)
+        tally.add(outputs, targets, loss, count, batch.real)
+
+    def step(self, loss: torch.Tensor, count: torch.Tensor, epoch: int, index: int) -> None:
+        """Backward, NaN guard (one flag read), clip and optimizer step for one batch."""
+        opt, scaler, clip = self.optimizer, self.state.scaler, self.options.grad_clip
+        opt.zero_grad(set_to_none=True)
+        torch.autograd.backward(loss if scaler is None else scaler.scale(loss))
+        if scaler is not None and clip is not None:
+            scaler.unscale_(opt)
+        norm = nn.utils.clip_grad_norm_(self.model.parameters(), clip) if clip else None
+        if self.options.nan_guard:
+            # a batch whose targets are all ignore_index has a NaN mean (0/0) and zero
+            # gradients: nothing to learn, nothing wrong
+            finite = torch.isfinite(loss.detach()) | (count == 0)
+            if scaler is None:  # the scaler skips steps with inf/NaN gradients itself
+                grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+                if norm is None and grads:
+                    norm = nn.utils.get_total_norm(grads)
+                if norm is not None:
+                    finite = finite & torch.isfinite(norm)
+            if not bool(finite):
+                self._trip(loss, epoch, index)
+        if scaler is None:
+            opt.step()
+        else:
+            scaler.step(opt)
+            scaler.update()
+        if self.per_batch:
+            self.scheduler.step()
+
+    def _trip(self, loss: torch.Tensor, epoch: int, index: int) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        kept = "parameters"
+        if self.buffers is not None:
+            self.buffers.restore()
+            kept += " and buffers (BatchNorm running statistics)"
+        value = loss.item()
+        what = "A gradient is not finite" if math.isfinite(value) else f"The loss is {value}"
+        if index > 1:
+            when = f"after batch {index - 1} of this epoch"
+        else:
+            when = f"at the end of epoch {epoch - 1}" if epoch > 1 else "before training"
+        raise NonFiniteLossError(
+            f"{what} at epoch {epoch}, batch {index}: training stopped before the optimizer "
+            f"stepped on it, so the model's {kept} are as they were {when}. Lower the learning "
+            "rate, clip gradients (grad_clip=1.0) or check the data for NaN/inf; the History "
+            "of the completed epochs is in this error's `history`.",
+            history=self.state.history,
+            epoch=epoch,
+            batch=index,
+        )
+
+
+def batches_per_epoch(batches: Batches) -> int | None:
+    """How many batches an epoch has (``None``: an ``IterableDataset`` without a length)."""
+    try:
+        return len(batches)
+    except TypeError:
+        return None
 
 
 def _bar_class() -> type[tqdm[Any]]:
@@ -635,459 +1116,3 @@ def _bar_class() -> type[tqdm[Any]]:
 
         return widget
     return tqdm
-
-
-def batches_per_epoch(batches: Batches) -> int | None:
-    """How many batches an epoch has (``None``: an ``IterableDataset`` without a length)."""
-    try:
-        return len(batches)
-    except TypeError:
-        return None
-
-
-def _bar(run: Run, epoch: int) -> Any:
-    if not run.show:
-        return nullcontext(None)
-    total = batches_per_epoch(run.train)
-    epochs = run.state.epochs
-    return _bar_class()(
-        total=total, desc=f"Epoch {epoch}/{epochs}", unit="batch", leave=False, dynamic_ncols=True
-    )
-
-
-def _epoch(run: Run, epoch: int) -> dict[str, float]:
-    """Train one epoch, validate, step the epoch scheduler; the epoch's logs."""
-    history: History = run.state.history
-    run.train.set_epoch(epoch)
-    run.model.train()
-    with _bar(run, epoch) as bar:
-        logs = run_epoch(
-            run.net,
-            run.train,
-            "train_data",
-            run.loss_fn,
-            run.metrics,
-            run.runtime,
-            step=run.step,
-            bar=bar,
-            all_reduce=run.distributed,
-            history=history,
-        )
-    if run.step.interrupt.raised and not run.distributed:  # distributed: the epoch ends
-        return logs
-    if run.distributed:
-        sync_buffers(run.model)  # e.g. BatchNorm statistics: the same model on every rank
-    if run.val is not None:
-        # the model, not a DDP wrapper: evaluation needs no gradient sync
-        with eval_mode(run.model), torch.inference_mode():
-            val_logs = run_epoch(
-                run.model,
-                run.val,
-                "val_data",
-                run.loss_fn,
-                run.metrics,
-                run.runtime,
-                step=None,
-                all_reduce=run.distributed,
-            )
-        if not math.isfinite(val_logs["loss"]):
-            warnings.warn(
-                f"val_loss is {val_logs['loss']} at epoch {epoch}: the validation data holds "
-                "NaN/inf values or the model produces them on it, so callbacks that monitor "
-                "val_loss (EarlyStopping, ModelCheckpoint(save_best_only=True)) can't see an "
-                "improvement. Check val_data with torch.isfinite.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        logs.update({f"val_{k}": v for k, v in val_logs.items()})
-    sched = run.scheduler
-    if sched is not None and not run.per_batch:
-        if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            sched.step(logs["val_loss" if run.val is not None else "loss"])
-        else:
-            sched.step()
-    return logs
-
-
-def _format_logs(logs: dict[str, float]) -> str:
-    return " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
-
-
-def _epochs(run: Run, start_epoch: int) -> None:
-    state, history, callbacks = run.state, run.state.history, run.step.callbacks
-    interrupt = run.step.interrupt
-    for callback in callbacks:
-        callback.on_train_begin(state)
-    for epoch in range(start_epoch, state.epochs + 1):
-        if run.distributed:  # a stop asked for on any rank stops every rank
-            state.stop_training = any_rank(state.stop_training, run.runtime.device)
-        if state.stop_training:  # set by a callback, or by a resumed run that had stopped
-            break
-        state.epoch = run.step.epoch = epoch
-        for callback in callbacks:
-            callback.on_epoch_begin(state)
-        start = time.perf_counter()
-        lr = current_lr(run.step.optimizer)
-        logs = _epoch(run, epoch)
-        if run.distributed:  # a Ctrl-C on any rank stops every rank, after this epoch
-            interrupt.raised = any_rank(interrupt.raised, run.runtime.device)
-        elif interrupt.raised:  # mid-epoch: the epoch is not recorded
-            raise KeyboardInterrupt
-        seconds = time.perf_counter() - start
-        history.append(epoch, logs, seconds, lr=lr)
-        state.logs = dict(logs)
-        logger.info("epoch %d/%d: %s (%.1fs)", epoch, state.epochs, _format_logs(logs), seconds)
-        if run.show:
-            tqdm.write(f"Epoch {epoch}/{state.epochs} - {_format_logs(logs)} - {seconds:.1f}s")
-        for callback in callbacks:
-            callback.on_epoch_end(state)
-        if interrupt.raised:
-            raise KeyboardInterrupt
-
-
-def train(run: Run, start_epoch: int) -> None:
-    """Run epochs ``start_epoch..state.epochs``; modes restored, callbacks told the end.
-
-    ``on_train_end`` runs after a normal end and after a graceful Ctrl-C (the first
-    one), not when an error (or a second Ctrl-C) propagates.
-    """
-    state, history = run.state, run.state.history
-    with run.step.interrupt:
-        try:
-            with preserved_modes(run.model):
-                _epochs(run, start_epoch)
-        except HardInterrupt:
-            raise
-        except KeyboardInterrupt:
-            # Ctrl-C: stop at this batch and keep everything learned; the callbacks save
-            # the interrupted state before the interrupt goes on to the caller.
-            history.interrupted = state.interrupted = True
-            state.epoch = history.epochs[-1]["epoch"] if history.epochs else start_epoch - 1
-            logger.info("fit interrupted by the user during epoch %d", state.epoch + 1)
-        for callback in run.step.callbacks:
-            callback.on_train_end(state)
-    if history.interrupted:
-        _after_interrupt(run)
-
-
-def _after_interrupt(run: Run) -> None:
-    """Say what happened to an interrupted run, then end ``fit`` as ``on_interrupt`` says."""
-    epoch = run.state.epoch + 1
-    if run.on_interrupt == "return":
-        if run.show:
-            tqdm.write(f"Interrupted during epoch {epoch}; returning the History so far.")
-        return
-    # Exactly KeyboardInterrupt (a subclass would make Python exit with status 1, not 130)
-    interrupt = KeyboardInterrupt(
-        f"Training was interrupted (Ctrl-C) during epoch {epoch}; {run.state.epoch} epoch(s) "
-        "finished and the model keeps what it learned. The exception's .history holds "
-        'their History; pass fit(on_interrupt="return") to get it returned instead.'
-    )
-    interrupt.history = run.state.history  # type: ignore[attr-defined]
-    raise interrupt
-
-
-# -------------------- _setup --------------------
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)  # noqa: NPY002 - seeds the legacy global RNG that user code may use
-    torch.manual_seed(seed)  # also seeds every CUDA device
-
-
-def check_callbacks(callbacks: Any) -> list[Callback]:
-    if isinstance(callbacks, Callback):
-        callbacks = [callbacks]
-    if not isinstance(callbacks, Sequence) or not all(isinstance(c, Callback) for c in callbacks):
-        raise TypeError(
-            "Invalid type for argument `callbacks`. Expected a sequence of convkit.Callback "
-            f"instances, e.g. [EarlyStopping()]. Received callbacks={callbacks!r}."
-        )
-    return list(callbacks)
-
-
-def record_task(history: History, setup: TaskSetup) -> None:
-    """What the run trained: names in the History, the objects for ``evaluate``/``predict``."""
-    history.task, history.loss = setup.spec.task, loss_name(setup.loss_fn)
-    history.metrics, history.setup = list(setup.metrics.names), setup
-
-
-def has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
-def draw_shuffle_seed(
-    seed: int | None, ctx: _distributed.DistContext | None, dev: torch.device
-) -> int:
-    """The seed of the shuffling generator, the same on every rank."""
-    if seed is None:  # follow the global RNG, so torch.manual_seed() before fit still works
-        seed = int(torch.empty((), dtype=torch.int64).random_().item())
-    if ctx is not None:
-        seed = _distributed.broadcast_int(seed, dev if dev.type == "cuda" else torch.device("cpu"))
-    return seed
-
-
-def make_checked_batches(model: nn.Module, data: Any, spec: Batching, loss: Any = None) -> Batches:
-    """``data`` batched by ``spec``, checked against the model and converted to its dtype."""
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    check = DataCheck(model, spec.name, loss=loss)
-    return make_batches(data, dataclasses.replace(spec, check=check, dtype=dtype))
-
-
-def resume_run(path: Any, run: Run, generator: torch.Generator) -> int:
-    """Restore everything a checkpoint holds into the run; the first epoch to train."""
-    state = run.state
-    payload = resume(
-        path,
-        model=run.model,
-        optimizer=state.optimizer,
-        scheduler=state.scheduler,
-        scaler=state.scaler,
-        generator=generator,
-        callbacks=state.callbacks,
-        epochs=state.epochs,
-    )
-    if payload["history"] is not None:
-        state.history = History.from_dict(payload["history"])
-        state.history.device = str(run.runtime.device)
-    state.history.interrupted = False
-    state.stop_training = payload.get("stopped", False)
-    if state.stop_training:
-        logger.info("fit: the run in %s was stopped by a callback; no epoch to train", path)
-    return int(payload["epoch"] or 0) + 1
-
-
-def _check_trains_something(
-    model: nn.Module, train: Batches, batch_size: int, drop_last: bool | None
-) -> None:
-    """Refuse training data that would leave no batch to train on, saying why."""
-    samples: int | None = None
-    if isinstance(train, TensorBatches):
-        samples = train.num_samples
-    elif isinstance(train.loader.dataset, Sized):
-        samples = len(train.loader.dataset)
-    if samples == 1 and has_batchnorm(model) and drop_last is not False:
-        raise ValueError(
-            "Invalid value for argument `train_data`: it holds 1 sample, and the model's "
-            "BatchNorm layers can't train on a batch of one sample, so fit skips that batch "
-            "and nothing is left to train on. To overfit one sample, repeat it: "
-            "(torch.cat([x, x]), torch.cat([y, y])); or build the model without BatchNorm "
-            "(build_cnn(..., norm=None, head_norm=None))."
-        )
-    if isinstance(train, TensorBatches) and len(train) == 0:
-        raise ValueError(
-            f"Invalid value for argument `drop_last`: drop_last=True drops every incomplete "
-            f"batch, and train_data's {samples} samples make no full batch of "
-            f"batch_size={batch_size}. Pass drop_last=None or a batch_size of at most {samples}."
-        )
-
-
-def _sample_count(data: Any) -> int:
-    """The number of samples of any form of ``data``; -1 where it has no length."""
-    if isinstance(data, DataLoader):
-        data = data.dataset
-    if isinstance(data, (tuple, list)) and len(data) == 2:
-        data = data[0]
-    try:
-        return len(data)
-    except TypeError:  # an IterableDataset
-        return -1
-
-
-def prepare_data(
-    model: nn.Module,
-    train_data: Any,
-    val_data: Any,
-    runtime: Runtime,
-    ctx: _distributed.DistContext | None,
-    *,
-    seed: int | None,
-    resuming: bool,
-    batch_size: int,
-    drop_last: bool | None,
-    data_on_device: bool | None,
-    loss: Any = None,
-    validation_split: float | None = None,
-    num_workers: int = 0,
-) -> tuple[torch.Generator, Batches, Batches | None]:
-    """The shuffling generator and the training and validation batches, checked."""
-    dev = runtime.device
-    if ctx is not None:  # before any collective that a rank with other data would skip
-        _distributed.check_same_length("train_data", _sample_count(train_data), dev)
-        if val_data is not None:
-            _distributed.check_same_length("val_data", _sample_count(val_data), dev)
-    # A resumed run's generator state comes from the checkpoint: drawing a seed from the
-    # global RNG would change it before the checkpoint is checked.
-    shuffle_seed = draw_shuffle_seed(0 if seed is None and resuming else seed, ctx, dev)
-    generator = torch.Generator().manual_seed(shuffle_seed)
-    shard: Shard | None = (ctx.rank, ctx.world_size) if ctx is not None else None
-    train_spec = Batching(
-        "train_data",
-        batch_size,
-        shuffle=True,
-        generator=generator,
-        device=dev,
-        need_targets=True,
-        on_device=data_on_device,
-        memory_format=runtime.memory_format,
-        shard=shard,
-        seed=shuffle_seed,
-        drop_last=drop_last is True,
-        num_workers=num_workers,
-    )
-    # validation never shuffles; its own generator keeps the training RNG untouched
-    val_spec = dataclasses.replace(
-        train_spec,
-        name="val_data",
-        shuffle=False,
-        generator=torch.Generator().manual_seed(0),
-        seed=0,
-        drop_last=False,
-    )
-    if validation_split is not None:  # the same split on every call and every rank
-        train_rows, val_rows = split_rows(train_data, validation_split, seed or 0)
-        train_spec = dataclasses.replace(train_spec, rows=train_rows)
-        val_spec = dataclasses.replace(val_spec, rows=val_rows)
-        val_data = train_data
-    train = make_checked_batches(model, train_data, train_spec, loss)
-    if (
-        drop_last is False
-        and isinstance(train, TensorBatches)
-        and train.num_samples % batch_size == 1
-        and has_batchnorm(model)
-    ):
-        raise ValueError(
-            f"Invalid value for argument `drop_last`: drop_last=False keeps a last training "
-            f"batch of 1 sample ({train.num_samples} samples, batch_size={batch_size}), and "
-            "the model's BatchNorm layers can't train on one sample. Use drop_last=None "
-            "(skips just that batch), drop_last=True, or another batch_size."
-        )
-    _check_trains_something(model, train, batch_size, drop_last)
-    val = make_checked_batches(model, val_data, val_spec, loss) if val_data is not None else None
-    if isinstance(val, LoaderBatches):
-        first_batch(val)  # checked now, not after the first epoch (drawing no randomness)
-    return generator, train, val
-
-
-@dataclasses.dataclass(frozen=True)
-class LoopOptions:
-    """``fit``'s arguments that only the loop reads."""
-
-    grad_clip: float | None
-    nan_guard: bool
-    drop_last: bool | None
-    scheduler_interval: str | None
-    progress: bool
-    on_interrupt: str = "raise"
-
-
-def build_run(
-    model: nn.Module,
-    net: nn.Module,
-    opt: torch.optim.Optimizer,
-    sched: Any,
-    train_batches: Batches,
-    val: Batches | None,
-    loss_fn: LossFn,
-    metric_list: MetricSet,
-    runtime: Runtime,
-    ctx: _distributed.DistContext | None,
-    epochs: int,
-    history: History,
-    generator: torch.Generator,
-    callbacks: list[Callback],
-    options: LoopOptions,
-) -> Run:
-    log_keys = ["loss", *metric_list.names]
-    log_keys += [f"val_{k}" for k in log_keys] if val is not None else []
-    state = TrainState(
-        model=model,
-        optimizer=opt,
-        epochs=epochs,
-        history=history,
-        log_keys=tuple(log_keys),
-        is_main=ctx is None or ctx.is_main,
-        progress=options.progress and (ctx is None or ctx.is_main),
-        steps_per_epoch=batches_per_epoch(train_batches),
-        scheduler=sched,
-        scaler=runtime.grad_scaler(),
-        generator=generator,
-        callbacks=callbacks,
-    )
-    per_batch = steps_per_batch(sched, options.scheduler_interval)
-    guard = options.nan_guard and any(True for _ in model.buffers())
-    hooked = hook_order(callbacks)  # ModelCheckpoints last: their files hold the others' state
-    step = Step(
-        opt,
-        state.scaler,
-        options.grad_clip,
-        sched if per_batch else None,
-        options.nan_guard,
-        state,
-        hooked,
-        skip_single=options.drop_last is None and has_batchnorm(model),
-        buffers=BufferGuard(model) if guard else None,
-    )
-    return Run(
-        model,
-        net,
-        train_batches,
-        val,
-        loss_fn,
-        metric_list,
-        runtime,
-        step,
-        state,
-        sched,
-        per_batch,
-        options.progress and state.is_main,
-        ctx is not None,
-        options.on_interrupt,
-    )
-
-
-def check_flags(*, drop_last: Any, data_on_device: Any, **flags: Any) -> None:
-    for name, flag in flags.items():
-        check_bool(name, flag)
-    check_optional_bool("drop_last", drop_last, "drop a last batch of one sample for BatchNorm")
-    check_optional_bool("data_on_device", data_on_device, "decide by size")
-
-
-def check_validation_split(validation_split: Any, val_data: Any) -> None:
-    if validation_split is None:
-        return
-    check_finite_float("validation_split", validation_split, strict=True)
-    if validation_split >= 1:
-        raise ValueError(
-            "Invalid value for argument `validation_split`. Expected a fraction in (0, 1), "
-            f"e.g. 0.1. Received validation_split={validation_split!r}."
-        )
-    if val_data is not None:
-        raise ValueError(
-            "Invalid value for argument `validation_split`: val_data is given too. Pass "
-            "either val_data or validation_split, not both."
-        )
-
-
-def wrap_model(
-    model: nn.Module, ctx: _distributed.DistContext | None, dev: torch.device, *, compile: bool
-) -> nn.Module:
-    """What the training batches go through: the model, its DDP wrapper, compiled or not."""
-    net: nn.Module = model
-    if ctx is not None:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[dev.index] if dev.type == "cuda" else None
-        )
-    if compile:
-        net = torch.compile(net)  # type: ignore[assignment]
-    return net
-
-
-def announce(run: Run, start_epoch: int, *, auto: bool, task: str) -> None:
-    """Log (and, with a progress bar, print) what is about to run and where."""
-    dev, epochs = run.runtime.device, run.state.epochs
-    picked = " (picked by device='auto')" if auto else ""
-    logger.info("fit: epochs %d-%d on %s%s; %s", start_epoch, epochs, dev, picked, task)
-    if run.show and auto:
-        tqdm.write(f"Training on {dev} (device='auto'; pass device= to choose).")

@@ -8,12 +8,19 @@ the data checks read a model's output shape). It imports neither side.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Iterator
 
 import torch
 from torch import nn
 
-__all__ = ["eval_mode", "infer_output_shape", "preserved_modes", "probe_tensor"]
+__all__ = [
+    "eval_mode",
+    "infer_output_shape",
+    "model_dtype_device",
+    "preserved_modes",
+    "probe_tensor",
+]
 
 
 @contextlib.contextmanager
@@ -35,13 +42,28 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
         yield
 
 
+def model_dtype_device(model: nn.Module) -> tuple[torch.dtype, torch.device]:
+    """The floating-point dtype ``model``'s inputs need, and the device it sits on.
+
+    Read from its first floating-point parameter or buffer, else its first tensor of any
+    kind (the device); a model with neither, such as ``nn.Flatten()``, takes float32 on
+    the CPU.
+
+    Examples:
+        >>> model_dtype_device(nn.Linear(2, 2).double())
+        (torch.float64, device(type='cpu'))
+    """
+    device: torch.device | None = None
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype, tensor.device
+        device = device or tensor.device
+    return torch.float32, device or torch.device("cpu")
+
+
 def probe_tensor(model: nn.Module, input_shape: tuple[int, ...]) -> torch.Tensor:
     """One zero sample ``(1, *input_shape)`` on the model's device, in its float dtype."""
-    tensor: torch.Tensor | None = next(iter(model.parameters()), None)
-    if tensor is None:
-        tensor = next(iter(model.buffers()), None)
-    device = tensor.device if tensor is not None else torch.device("cpu")
-    dtype = tensor.dtype if tensor is not None and tensor.is_floating_point() else torch.float32
+    dtype, device = model_dtype_device(model)
     return torch.zeros((1, *input_shape), device=device, dtype=dtype)
 
 

@@ -3,7 +3,7 @@ logged metric (after Keras 3's ``MonitorCallback``).
 
 It owns what ``EarlyStopping`` and ``ModelCheckpoint(save_best_only=True)`` share: the
 checked ``monitor``, ``mode`` and ``min_delta``; the direction that ``mode="auto"``
-reads from the metric's definition (``convkit.train.metrics.metric_direction``);
+reads from the metric's definition (``convkit.train.tasks.metric_direction``);
 the best value and its epoch; and a reset when a fresh run begins, so that a callback
 passed to a second ``fit`` starts from nothing while a resumed run keeps the state its
 checkpoint restored.
@@ -15,7 +15,7 @@ import math
 from typing import Any
 
 from ...utils.validation import check_choice, check_non_negative_float
-from ..metrics import metric_direction
+from ..tasks import metric_direction
 from .base import Callback, TrainState
 
 __all__ = ["MonitorCallback"]
