@@ -58,6 +58,7 @@ from torch.utils.data import DataLoader
 from tqdm.std import tqdm
 
 from ..checkpoints import resume
+from ..checkpoints.restore import data_generator
 from ..utils.probe import eval_mode, preserved_modes
 from ..utils.validation import (
     check_bool,
@@ -835,7 +836,9 @@ def make_checked_batches(model: nn.Module, data: Any, spec: Batching, loss: Any 
     return make_batches(data, dataclasses.replace(spec, check=check, dtype=dtype))
 
 
-def resume_run(path: Any, run: Run, generator: torch.Generator) -> int:
+def resume_run(
+    path: Any, run: Run, generator: torch.Generator, *, require_digest: bool = False
+) -> int:
     """Restore everything a checkpoint holds into the run; the first epoch to train."""
     state = run.state
     payload = resume(
@@ -847,6 +850,7 @@ def resume_run(path: Any, run: Run, generator: torch.Generator) -> int:
         generator=generator,
         callbacks=state.callbacks,
         epochs=state.epochs,
+        require_digest=require_digest,
     )
     if payload["history"] is not None:
         state.history = History.from_dict(payload["history"])
@@ -967,6 +971,8 @@ def prepare_data(
     val = make_checked_batches(model, val_data, val_spec, loss) if val_data is not None else None
     if isinstance(val, LoaderBatches):
         first_batch(val)  # checked now, not after the first epoch (drawing no randomness)
+    if isinstance(train, LoaderBatches):  # checkpoints save the generator the order comes from
+        generator = data_generator(train.loader, generator, resuming=resuming)
     return generator, train, val
 
 
