@@ -6,6 +6,7 @@ target while this process reads it; they are marked slow.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -224,6 +225,7 @@ WRITER = """
     path, value, count = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
     model = nn.Linear(512, 512)  # 1 MiB of weights
     print("READY", flush=True)
+    sys.stdin.readline()  # every writer starts at once
     i = 0
     while count < 0 or i < count:
         with torch.no_grad():
@@ -233,18 +235,37 @@ WRITER = """
 """
 
 
-def start_writer(path: Path, value: int, count: int) -> subprocess.Popen[str]:
+def start_writers(path: Path, values: list[int], count: int) -> list[subprocess.Popen[str]]:
+    """Writer processes saving ``path`` ``count`` times each (-1: until killed), started
+    together once every one has imported torch."""
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(WRITER), str(path), str(value), str(count)],
-        env=env,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "READY", proc.communicate(timeout=60)[1]
-    return proc
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(WRITER), str(path), str(value), str(count)],
+            env=env,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for value in values
+    ]
+    for proc in procs:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "READY", proc.communicate(timeout=60)[1]
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("GO\n")
+        proc.stdin.flush()
+    return procs
+
+
+def first_checkpoint(path: Path) -> None:
+    """The good file the writers then save over: weight 0 at epoch 0, as they'd write it."""
+    model = nn.Linear(512, 512)
+    with torch.no_grad():
+        model.weight.zero_()
+    save_checkpoint(path, model, epoch=0)
 
 
 def read_complete(path: Path) -> tuple[int, float]:
@@ -260,8 +281,8 @@ def read_complete(path: Path) -> tuple[int, float]:
 @pytest.mark.slow
 def test_two_processes_saving_one_path_with_a_reader(tmp_path: Path) -> None:
     target = tmp_path / "c.pt"
-    save_checkpoint(target, nn.Linear(512, 512), epoch=0)
-    writers = [start_writer(target, value, 60) for value in (1, 2)]
+    first_checkpoint(target)
+    writers = start_writers(target, [1, 2], 60)
     reads = 0
     deadline = time.monotonic() + 300
     while any(w.poll() is None for w in writers) and time.monotonic() < deadline:
@@ -278,19 +299,20 @@ def test_two_processes_saving_one_path_with_a_reader(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_random_kill_9_of_one_of_two_writers(tmp_path: Path) -> None:
     target = tmp_path / "c.pt"
-    save_checkpoint(target, nn.Linear(512, 512), epoch=0)
+    first_checkpoint(target)
     rng = random.Random(0)
-    writers = [start_writer(target, value, -1) for value in (1, 2)]
+    writers = start_writers(target, [1, 2], -1)
     try:
-        for _round in range(6):
+        for _round in range(5):
             deadline = time.monotonic() + rng.uniform(0.2, 1.5)
             while time.monotonic() < deadline:
                 read_complete(target)
+            assert [w.poll() for w in writers] == [None, None], writers[0].communicate()[1]
             victim = rng.randrange(2)
             writers[victim].kill()  # kill -9, at whatever point its save is
             writers[victim].communicate(timeout=60)
             read_complete(target)
-            writers[victim] = start_writer(target, victim + 1, -1)
+            [writers[victim]] = start_writers(target, [victim + 1], -1)
     finally:
         for writer in writers:
             writer.kill()
@@ -354,3 +376,44 @@ def test_a_full_disk_during_fit_keeps_the_last_good_checkpoint(tmp_path: Path) -
     assert "inline_container" not in result["message"]
     assert names(tmp_path) == ["run.pt"]
     assert load_checkpoint(path)["model"]["head.output.weight"].shape == (10, 784)
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_save_is_a_keyboard_interrupt_and_leaves_the_last_good_file(
+    tmp_path: Path,
+) -> None:
+    """torch.save reports any exception from a write as "unexpected pos": the Ctrl-C
+    itself must come out, with the temporary file removed."""
+    path = tmp_path / "big.pt"
+    code = f"""
+        import signal, torch
+        from torch import nn
+        from convkit import save_checkpoint
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        model = nn.Linear(4096, 4096)  # 64 MiB of weights
+        save_checkpoint({str(path)!r}, model, epoch=0)
+        print("FIRST", flush=True)
+        try:
+            for epoch in range(1, 1000):
+                save_checkpoint({str(path)!r}, model, epoch=epoch)
+        except KeyboardInterrupt:
+            print("KeyboardInterrupt", flush=True)
+    """
+    for _attempt in range(5):
+        proc = run_python(code)
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "FIRST"
+        deadline, mid_write = time.monotonic() + 60, False
+        while time.monotonic() < deadline and not mid_write:
+            for temp in tmp_path.glob(".big.pt.*.tmp"):
+                with contextlib.suppress(FileNotFoundError):  # renamed meanwhile
+                    mid_write = temp.stat().st_size > 1 << 20
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        assert out.split() == ["KeyboardInterrupt"], err
+        assert "unexpected pos" not in err
+        assert names(tmp_path) == ["big.pt"]
+        load_checkpoint(path)
+        if mid_write:
+            break
+    assert mid_write, "no Ctrl-C mid-write"

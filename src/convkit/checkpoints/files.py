@@ -31,7 +31,10 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 __all__ = ["atomic_write", "stale_temp_paths", "temp_path", "unwritable_reason"]
 
@@ -132,17 +135,20 @@ def _create(path: Path) -> int:
 
 
 class _TempFile(io.FileIO):
-    """The raw temporary file: counts what reached it and keeps the error that stopped a
-    write (``torch.save`` reports a failed write as its own ``RuntimeError``)."""
+    """The raw temporary file: counts what reached it and keeps what stopped a write.
+
+    ``torch.save`` turns any exception from a write (a full disk, a Ctrl-C) into its own
+    ``RuntimeError`` ("unexpected pos"); the original is kept here to be raised instead.
+    """
 
     written = 0
-    error: OSError | None = None
+    failure: BaseException | None = None
 
-    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+    def write(self, data: ReadableBuffer, /) -> int:
         try:
             count = super().write(data)
-        except OSError as err:
-            self.error = err
+        except BaseException as err:
+            self.failure = self.failure or err
             raise
         self.written += count or 0
         return count or 0
@@ -179,7 +185,7 @@ def atomic_write(target: Path, *, kind: str = "file") -> Iterator[BinaryIO]:
     try:
         raw = _TempFile(_create(tmp), "wb")
         with io.BufferedWriter(raw) as f:
-            yield f  # type: ignore[misc]
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
@@ -187,9 +193,11 @@ def atomic_write(target: Path, *, kind: str = "file") -> Iterator[BinaryIO]:
         if raw is not None:
             raw.close()
         tmp.unlink(missing_ok=True)
-        cause = raw.error if raw is not None and raw.error is not None else err
+        cause = raw.failure if raw is not None and raw.failure is not None else err
         if isinstance(cause, OSError) and cause.errno in _FULL:
             raise _out_of_space(target, kind, cause, raw.written if raw else 0) from None
+        if cause is not err:  # what torch reported as "unexpected pos": a Ctrl-C, an I/O error
+            raise cause from None
         raise
     _fsync_directory(target.parent)
 
