@@ -385,11 +385,7 @@ def fit(
             options,
         )
         state = run.state
-        start_epoch = (
-            resume_run(resume_from, run, generator, require_digest=require_digest)
-            if resume_from is not None
-            else 1
-        )
+        start_epoch = resume_run(resume_from, run, generator, require_digest=require_digest)
     except BaseException:
         set_rng_state(rngs)
         _distributed.teardown(ctx)

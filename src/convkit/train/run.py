@@ -839,7 +839,10 @@ def make_checked_batches(model: nn.Module, data: Any, spec: Batching, loss: Any 
 def resume_run(
     path: Any, run: Run, generator: torch.Generator, *, require_digest: bool = False
 ) -> int:
-    """Restore everything a checkpoint holds into the run; the first epoch to train."""
+    """Restore everything a checkpoint holds into the run (none for ``path=None``); the
+    first epoch to train."""
+    if path is None:
+        return 1
     state = run.state
     payload = resume(
         path,
