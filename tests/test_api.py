@@ -193,6 +193,7 @@ def test_signatures_are_the_documented_ones() -> None:
         "scheduler_interval": None,
         "grad_clip": None,
         "resume_from": None,
+        "require_digest": False,
         "nan_guard": True,
         "sync_batchnorm": False,
         "on_interrupt": "raise",

@@ -20,15 +20,19 @@ import hashlib
 import os
 import pickle
 import re
+import warnings
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch import nn
 
+from ..utils.stack import user_stacklevel
+from ..utils.validation import check_bool
 from .files import atomic_write
+from .plain import plain_payload
 from .restore import (
     StatefulCallback,
     apply,
@@ -36,7 +40,10 @@ from .restore import (
     callback_states,
     check_fits,
     check_resumable,
+    report_resume,
     rng_state,
+    scheduler_kind,
+    settings,
     unwrap,
 )
 from .restore import set_rng_state as set_rng_state
@@ -114,6 +121,15 @@ def save_checkpoint(
     Returns:
         The path written.
 
+    Raises:
+        TypeError: If a state holds something ``load_checkpoint`` could not read back
+            (anything but tensors and plain data; paths and NumPy scalars are stored
+            as ``str`` and Python scalars), naming where it is, e.g.
+            ``model.config['root']``; raised before anything is written.
+        OSError: If the disk fills up (or a quota or file-size limit is reached) during
+            the write, saying so; the previous file at ``path`` is left intact and the
+            temporary file removed.
+
     Examples:
         >>> import os, tempfile
         >>> from torch import nn
@@ -131,7 +147,9 @@ def save_checkpoint(
         "model_config": config if isinstance(config, dict) else None,
         "model_class": type(inner).__qualname__,
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "optimizer_class": type(optimizer).__qualname__ if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scheduler_class": scheduler_kind(scheduler) if scheduler is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
         "epoch": epoch,
         "interrupted": bool(interrupted),
@@ -141,8 +159,9 @@ def save_checkpoint(
         "rng": rng_state(generator),
         "callbacks": callback_states(callbacks),
     }
+    payload = plain_payload(payload, target)
     payload["digest"] = digest(payload)
-    with atomic_write(target) as f:
+    with atomic_write(target, kind="checkpoint") as f:
         torch.save(payload, f)
     return target
 
@@ -162,13 +181,13 @@ def _not_a_checkpoint(source: Path, reason: str) -> ValueError:
     return ValueError(f"{source} is not a convkit checkpoint: {reason}.")
 
 
-def _sniff(source: Path) -> None:
+def _sniff(source: Path, file: IO[bytes]) -> None:
     """Refuse files that aren't the zip archive ``torch.save`` writes, before unpickling."""
-    with open(source, "rb") as f:
-        head = f.read(4)
+    head = file.read(4)
+    file.seek(0)
     if not head:
         raise _not_a_checkpoint(source, "the file is empty")
-    if not zipfile.is_zipfile(source):
+    if not zipfile.is_zipfile(file):
         if head == b"PK\x03\x04":
             raise _not_a_checkpoint(source, "truncated or corrupt (its zip archive is incomplete)")
         raise _not_a_checkpoint(
@@ -177,17 +196,18 @@ def _sniff(source: Path) -> None:
             "of another kind)",
         )
     try:
-        with zipfile.ZipFile(source) as archive:
+        with zipfile.ZipFile(file) as archive:
             names = archive.namelist()
     except (zipfile.BadZipFile, OSError, ValueError) as err:
         raise _not_a_checkpoint(source, f"truncated or corrupt ({err})") from None
     if not any(name.endswith("/data.pkl") for name in names):
         raise _not_a_checkpoint(source, "a zip archive, but not one written by torch.save")
+    file.seek(0)
 
 
-def _torch_load(source: Path, map_location: str | torch.device) -> Any:
+def _torch_load(source: Path, file: IO[bytes], map_location: str | torch.device) -> Any:
     try:
-        return torch.load(source, map_location=map_location, weights_only=True)
+        return torch.load(file, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         found = re.search(r"GLOBAL ([\w.]+)", str(err))  # torch's words for a blocked global
         if found:
@@ -233,9 +253,49 @@ _ENTRIES_V2: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "callbacks": ("a dict of callback states", lambda v: isinstance(v, dict)),
     "digest": ("a str", lambda v: isinstance(v, str)),
 }
+# Entries later files of version 2 add; checked when present.
+_OPTIONAL: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "optimizer_class": ("a str or None", _optional(str)),
+    "scheduler_class": ("a str or None", _optional(str)),
+}
+# Version-1 files already warned about, by path: once per process and file.
+_UNVERIFIED_WARNED: set[str] = set()
 
 
-def _check_payload(source: Path, payload: Any) -> dict[str, Any]:
+def _check_entries(source: Path, payload: dict[str, Any], version: int) -> None:
+    entries = {**_ENTRIES, **(_ENTRIES_V2 if version >= 2 else {})}
+    missing = next((key for key in entries if key not in payload), None)
+    if missing is not None:
+        raise _not_a_checkpoint(source, f"its {missing!r} entry is missing")
+    for key, (expected, valid) in {**entries, **_OPTIONAL}.items():
+        if key in payload and not valid(payload[key]):
+            raise _not_a_checkpoint(
+                source, f"its {key!r} entry should be {expected}, not {type(payload[key]).__name__}"
+            )
+
+
+def _unverified(source: Path, require_digest: bool) -> None:
+    """A version-1 file carries no digest: refuse it, or warn once per process and file."""
+    if require_digest:
+        raise ValueError(
+            f"{source} has no digest (format version 1, written by convkit 0.1), so its content "
+            "can't be verified, and require_digest=True. Nothing was loaded. If you trust the "
+            "file, load it with require_digest=False and save it again with save_checkpoint, "
+            "which adds one."
+        )
+    key = os.path.realpath(source)
+    if key not in _UNVERIFIED_WARNED:
+        _UNVERIFIED_WARNED.add(key)
+        warnings.warn(
+            f"{source} is a format-version-1 checkpoint (convkit 0.1): it has no digest, so "
+            "damage or edits to it can't be detected, and it is loaded unverified. Save it again "
+            "with save_checkpoint to add one, or pass require_digest=True to refuse such files.",
+            UserWarning,
+            stacklevel=user_stacklevel(),
+        )
+
+
+def _check_payload(source: Path, payload: Any, require_digest: bool) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise _not_a_checkpoint(
             source,
@@ -249,15 +309,10 @@ def _check_payload(source: Path, payload: Any) -> dict[str, Any]:
             f"reads versions {', '.join(map(str, _READABLE_VERSIONS))}. Upgrade convkit to "
             "read it."
         )
-    entries = {**_ENTRIES, **(_ENTRIES_V2 if version >= 2 else {})}
-    for key, (expected, valid) in entries.items():
-        if key not in payload:
-            raise _not_a_checkpoint(source, f"its {key!r} entry is missing")
-        if not valid(payload[key]):
-            raise _not_a_checkpoint(
-                source, f"its {key!r} entry should be {expected}, not {type(payload[key]).__name__}"
-            )
-    if version >= 2 and payload["digest"] != digest(payload):
+    _check_entries(source, payload, version)
+    if version < 2:
+        _unverified(source, require_digest)
+    elif payload["digest"] != digest(payload):
         raise _not_a_checkpoint(
             source,
             "corrupt: its content doesn't match the digest stored in it (the file was "
@@ -267,9 +322,16 @@ def _check_payload(source: Path, payload: Any) -> dict[str, Any]:
 
 
 def read_checkpoint(
-    path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu"
+    path: str | os.PathLike[str],
+    *,
+    map_location: str | torch.device = "cpu",
+    require_digest: bool = False,
 ) -> dict[str, Any]:
     """Read and verify a checkpoint file, without loading it into anything.
+
+    The file is opened once: a write that replaces it meanwhile (``os.replace``) can't
+    mix two versions. A version-1 file, which has no digest, is refused with
+    ``require_digest=True`` and otherwise read with a warning (once per file).
 
     Raises:
         RuntimeError: On a torch older than 2.6 (see ``MIN_TORCH``).
@@ -277,12 +339,15 @@ def read_checkpoint(
         ValueError: If the file isn't a complete, intact convkit checkpoint, or carries
             pickled objects other than tensors and plain data (refused unread).
     """
+    check_bool("require_digest", require_digest)
     check_torch_version()
     source = Path(path)
     if not source.is_file():
         raise FileNotFoundError(f"No checkpoint at {source}.")
-    _sniff(source)
-    return _check_payload(source, _torch_load(source, map_location))
+    with open(source, "rb") as file:
+        _sniff(source, file)
+        payload = _torch_load(source, file, map_location)
+    return _check_payload(source, payload, require_digest)
 
 
 def load_checkpoint(
@@ -293,14 +358,18 @@ def load_checkpoint(
     *,
     map_location: str | torch.device = "cpu",
     strict: bool = True,
+    require_digest: bool = False,
 ) -> dict[str, Any]:
     """Read a checkpoint safely and load its states into the objects given.
 
     Uses ``torch.load(..., weights_only=True)``: only tensors and plain data are read,
     and a file carrying other pickled objects is refused before any of it runs. The
     file's digest is verified, and every entry is compared with the objects given
-    (keys, shapes and dtypes of the weights, the optimizer's parameter groups, the
-    scheduler's kind) before any of them changes: on an error they are untouched.
+    (keys, shapes and dtypes of the weights, the optimizer's class and parameter groups,
+    the scheduler's class, including those a ``SequentialLR`` or ``ChainedScheduler``
+    holds, and its state) before any of them changes: on an error they are untouched.
+    Files of format version 1 (convkit 0.1) carry no digest; they load with a warning,
+    once per file, unless ``require_digest=True`` refuses them.
 
     Args:
         path: The checkpoint file.
@@ -311,6 +380,8 @@ def load_checkpoint(
             then copies them to wherever the model lives).
         strict: Whether the model's keys must match the file's exactly (shapes and
             dtypes of the keys both have must match either way).
+        require_digest: Refuse files without a digest (format version 1) instead of
+            loading them unverified with a warning.
 
     Returns:
         The checkpoint's contents as a dict (``"epoch"``, ``"history"``, ``"rng"``...).
@@ -319,7 +390,10 @@ def load_checkpoint(
         RuntimeError: On a torch older than 2.6, whose ``weights_only=True`` is unsafe.
         FileNotFoundError: If ``path`` doesn't exist.
         ValueError: If the file isn't an intact convkit checkpoint, carries objects other
-            than tensors and plain data (refused unread), or doesn't fit the objects given.
+            than tensors and plain data (refused unread), has no digest while
+            ``require_digest=True``, or doesn't fit the objects given (an optimizer or
+            scheduler of another class included).
+        TypeError: If ``strict`` or ``require_digest`` isn't a bool.
 
     Examples:
         >>> import os, tempfile, torch
@@ -336,11 +410,8 @@ def load_checkpoint(
         ...
         ValueError: ...c.pt doesn't fit the model: 'weight' is (2, 3) float32 in the file ...
     """
-    if not isinstance(strict, bool):
-        raise TypeError(
-            f"Invalid type for argument `strict`. Expected a bool. Received strict={strict!r}."
-        )
-    payload = read_checkpoint(path, map_location=map_location)
+    check_bool("strict", strict)
+    payload = read_checkpoint(path, map_location=map_location, require_digest=require_digest)
     check_fits(
         Path(path), payload, model=model, optimizer=optimizer, scheduler=scheduler, strict=strict
     )
@@ -358,18 +429,24 @@ def resume(
     generator: torch.Generator | None,
     callbacks: Sequence[StatefulCallback],
     epochs: int,
+    require_digest: bool = False,
 ) -> dict[str, Any]:
     """Check everything ``fit(resume_from=path)`` restores, then restore it.
 
     Weights, optimizer, scheduler, scaler, callback and RNG states are all compared with
-    the live objects first; on any mismatch nothing changes. Returns the payload.
+    the live objects first; on any mismatch nothing changes. The saved state is
+    restored whole, settings included (as Lightning does): one log line says what came
+    from the file, and, as a warning, which of the run's own settings (``lr``,
+    ``weight_decay``, a scheduler's ``gamma``...) the saved ones replaced. Returns the
+    payload.
 
     Raises:
         ValueError: For a file cut short by Ctrl-C (naming the run's last end-of-epoch
-            checkpoint), a checkpoint past ``epochs``, or any state that doesn't fit.
+            checkpoint), a checkpoint past ``epochs``, an optimizer or scheduler of
+            another class than the saved one, or any state that doesn't fit.
     """
     source = Path(path)
-    payload = read_checkpoint(source)
+    payload = read_checkpoint(source, require_digest=require_digest)
     saved_epoch = payload["epoch"] or 0
     if payload["interrupted"]:
         clean = payload.get("clean_checkpoint")
@@ -392,6 +469,8 @@ def resume(
         )
     check_fits(source, payload, model=model, optimizer=optimizer, scheduler=scheduler, strict=True)
     check_resumable(source, payload, scaler=scaler, generator=generator, callbacks=callbacks)
+    before = settings(optimizer, scheduler)
     apply(payload, model=model, optimizer=optimizer, scheduler=scheduler, strict=True)
     apply_resume(payload, scaler=scaler, generator=generator, callbacks=callbacks)
+    report_resume(source, payload, before, settings(optimizer, scheduler), callbacks)
     return payload

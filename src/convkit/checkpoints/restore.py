@@ -9,8 +9,10 @@ every check has passed, so a mismatched file leaves them untouched.
 from __future__ import annotations
 
 import collections
+import logging
 import random
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -18,6 +20,18 @@ from typing import Any, Protocol, cast
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    DistributedSampler,
+    IterableDataset,
+    RandomSampler,
+    SequentialSampler,
+    SubsetRandomSampler,
+    WeightedRandomSampler,
+)
+
+from ..utils.stack import user_stacklevel
 
 __all__ = [
     "StatefulCallback",
@@ -26,11 +40,17 @@ __all__ = [
     "callback_states",
     "check_fits",
     "check_resumable",
+    "data_generator",
     "keyed_callbacks",
+    "report_resume",
     "rng_state",
+    "scheduler_kind",
     "set_rng_state",
+    "settings",
     "unwrap",
 ]
+
+logger = logging.getLogger(__name__)
 
 # Optimizer state entries shaped like their parameter (Adam, AdamW, SGD, RMSprop, Adagrad...).
 _PARAM_SHAPED = {
@@ -46,6 +66,10 @@ _PARAM_SHAPED = {
     "prev",
 }
 _SHOWN = 4  # mismatches listed in one message
+# Scheduler entries that hold one value per parameter group.
+_PER_GROUP = frozenset(
+    ("base_lrs", "min_lrs", "max_lrs", "_last_lr", "lr_lambdas", "base_momentums", "max_momentums")
+)
 
 
 class StatefulCallback(Protocol):
@@ -209,17 +233,76 @@ def _check_optimizer(source: Path, saved: dict[str, Any], optimizer: torch.optim
                 )
 
 
-def _check_scheduler(source: Path, saved: dict[str, Any], scheduler: Any) -> None:
+def scheduler_kind(scheduler: Any) -> str:
+    """The scheduler's class, with those of the schedulers it chains:
+    ``"SequentialLR(LinearLR, StepLR)"``."""
+    name = type(scheduler).__qualname__
+    children = getattr(scheduler, "_schedulers", None)
+    if isinstance(children, (list, tuple)):
+        name += f"({', '.join(scheduler_kind(child) for child in children)})"
+    return name
+
+
+def _scheduler_problem(saved: Any, scheduler: Any, where: str) -> str | None:
+    """What in ``saved`` doesn't fit ``scheduler`` (recursively for the schedulers a
+    ``SequentialLR`` or ``ChainedScheduler`` holds), or ``None``."""
+    if not isinstance(saved, dict):
+        return f"{where}'s state is {type(saved).__name__}, not a dict"
     current = scheduler.state_dict()
     missing = sorted(set(current) - set(saved))
-    lengths = len(saved.get("base_lrs", ())), len(current.get("base_lrs", ()))
-    if missing or lengths[0] != lengths[1]:
-        problem = (
-            f"it lacks {missing}" if missing else f"it has {lengths[0]} base_lrs, not {lengths[1]}"
-        )
+    if missing:
+        return f"{where}'s state lacks {missing}"
+    for key in sorted(_PER_GROUP & set(current), key=lambda k: (k.startswith("_"), k)):
+        theirs, ours = saved[key], current[key]
+        if isinstance(ours, list) and (not isinstance(theirs, list) or len(theirs) != len(ours)):
+            count = len(theirs) if isinstance(theirs, list) else type(theirs).__name__
+            return (
+                f"{where}'s {key} has {count} entries (one per parameter group), but the "
+                f"optimizer here has {len(ours)} groups"
+            )
+    children = getattr(scheduler, "_schedulers", None)
+    if not isinstance(children, (list, tuple)):
+        return None
+    theirs = saved["_schedulers"]
+    if not isinstance(theirs, list) or len(theirs) != len(children):
+        count = len(theirs) if isinstance(theirs, list) else type(theirs).__name__
+        return f"{where} holds {count} schedulers in the file but {len(children)} here"
+    if "_milestones" in current and (
+        not isinstance(saved["_milestones"], list) or len(saved["_milestones"]) != len(theirs) - 1
+    ):
+        return f"{where}'s milestones don't match its {len(theirs)} schedulers"
+    for index, (child, state) in enumerate(zip(children, theirs, strict=True)):
+        problem = _scheduler_problem(state, child, f"{where}'s scheduler {index + 1}")
+        if problem is not None:
+            return problem
+    return None
+
+
+def _check_scheduler(source: Path, saved: dict[str, Any], kind: Any, scheduler: Any) -> None:
+    ours = scheduler_kind(scheduler)
+    if isinstance(kind, str) and kind != ours:
         raise ValueError(
-            f"{source} doesn't fit the scheduler ({type(scheduler).__name__}): {problem}, so it "
-            "was saved from another kind of scheduler or optimizer. Nothing was loaded."
+            f"{source} was saved with scheduler {kind}, and the scheduler here is {ours}: the "
+            "saved settings and progress would mean something else in it. Nothing was loaded. "
+            f"Build {kind} as the saved run did, or load only the weights with "
+            "load_checkpoint(path, model) and start a new schedule."
+        )
+    problem = _scheduler_problem(saved, scheduler, type(scheduler).__name__)
+    if problem is not None:
+        raise ValueError(
+            f"{source} doesn't fit the scheduler ({ours}): {problem}, so it was saved from "
+            "another kind of scheduler or optimizer. Nothing was loaded."
+        )
+
+
+def _check_optimizer_kind(source: Path, kind: Any, optimizer: torch.optim.Optimizer) -> None:
+    ours = type(optimizer).__qualname__
+    if isinstance(kind, str) and kind != ours:
+        raise ValueError(
+            f"{source} was saved with optimizer {kind}, and the optimizer here is {ours}: the "
+            "saved settings and moments would mean something else in it. Nothing was loaded. "
+            f"Resume with {kind} (e.g. fit(optimizer=torch.optim.{kind}, ...)), or load only "
+            f"the weights with load_checkpoint(path, model) and start a new {ours}."
         )
 
 
@@ -236,9 +319,10 @@ def check_fits(
     if model is not None:
         _check_model(source, payload["model"], model, strict)
     if optimizer is not None and payload["optimizer"] is not None:
+        _check_optimizer_kind(source, payload.get("optimizer_class"), optimizer)
         _check_optimizer(source, payload["optimizer"], optimizer)
     if scheduler is not None and payload["scheduler"] is not None:
-        _check_scheduler(source, payload["scheduler"], scheduler)
+        _check_scheduler(source, payload["scheduler"], payload.get("scheduler_class"), scheduler)
 
 
 def apply(
@@ -350,3 +434,157 @@ def apply_resume(
         for key, callback in keyed_callbacks(callbacks).items():
             callback.load_state_dict(payload["callbacks"][key])
     set_rng_state(payload["rng"], generator)
+
+
+# ---- what a resume takes from the file instead of the caller
+
+# Optimizer entries that choose an implementation, not the algorithm's settings.
+_IMPLEMENTATION = frozenset(
+    ("params", "initial_lr", "foreach", "fused", "capturable", "differentiable")
+)
+# Public scheduler entries that record progress through the schedule, not a setting.
+_PROGRESS = frozenset(
+    (
+        "last_epoch",
+        "base_lrs",
+        "best",
+        "num_bad_epochs",
+        "cooldown_counter",
+        "mode_worse",
+        "verbose",
+    )
+)
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value
+
+
+def _optimizer_settings(optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:
+    groups = optimizer.param_groups
+    settings: dict[str, Any] = {}
+    for index, group in enumerate(groups):
+        suffix = f" (group {index + 1})" if len(groups) > 1 else ""
+        for key, value in group.items():
+            if key in _IMPLEMENTATION or (isinstance(value, torch.Tensor) and value.numel() > 1):
+                continue
+            if key in ("momentum", "betas") and "max_momentum" in group:
+                continue  # cycled by OneCycleLR/CyclicLR: progress, set from max_momentum
+            if key == "lr":
+                if "initial_lr" in group:  # what the schedule started from
+                    value = group["initial_lr"]
+                elif isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    continue  # lowered on plateaus: progress, the start isn't recorded
+            settings[key + suffix] = _plain(value)
+    return settings
+
+
+def _scheduler_settings(scheduler: Any, where: str) -> dict[str, Any]:
+    settings = {
+        f"{where}.{key}": value
+        for key, value in scheduler.state_dict().items()
+        if not key.startswith("_") and key not in _PROGRESS and not isinstance(value, torch.Tensor)
+    }
+    for index, child in enumerate(getattr(scheduler, "_schedulers", None) or ()):
+        settings.update(_scheduler_settings(child, f"{where}[{index + 1}] {type(child).__name__}"))
+    return settings
+
+
+def settings(optimizer: torch.optim.Optimizer | None, scheduler: Any) -> dict[str, Any]:
+    """The optimizer's and scheduler's settings, by name (``lr``, ``weight_decay``,
+    ``StepLR.gamma``...): what a caller chooses, not the progress a run makes."""
+    found = _optimizer_settings(optimizer, scheduler) if optimizer is not None else {}
+    if scheduler is not None:
+        found.update(_scheduler_settings(scheduler, type(scheduler).__name__))
+    return found
+
+
+def report_resume(
+    source: Path,
+    payload: dict[str, Any],
+    before: dict[str, Any],
+    after: dict[str, Any],
+    callbacks: Sequence[StatefulCallback],
+) -> None:
+    """Log one line: what a resume took from ``source``, and which of the caller's
+    settings (``before``) the file's (``after``) replaced (then as a warning)."""
+    taken = ["the weights"]
+    taken += [
+        f"the {payload[k]} state" for k in ("optimizer_class", "scheduler_class") if payload.get(k)
+    ]
+    taken += ["the History", "every RNG state"]
+    keys = sorted(keyed_callbacks(callbacks))
+    taken += [f"the state of {', '.join(keys)}"] if keys else []
+    line = f"Resumed from {source} after epoch {payload['epoch'] or 0}: {', '.join(taken)}."
+    changed = [
+        f"{name} {before[name]!r} -> {after[name]!r}"
+        for name in before
+        if name in after and before[name] != after[name]
+    ]
+    if not changed:
+        logger.info(line)
+        return
+    logger.warning(
+        "%s The saved run's settings replace these passed for this run: %s (a resumed run "
+        "continues the saved one; to change a setting, see 'Resume rules' in the Training in "
+        "depth guide).",
+        line,
+        ", ".join(changed),
+    )
+
+
+# ---- which shuffling generator a checkpoint saves for the training data
+
+_EXACT_SAMPLERS = (
+    SequentialSampler,
+    RandomSampler,
+    SubsetRandomSampler,
+    WeightedRandomSampler,
+    DistributedSampler,
+)
+
+
+def _inexact(loader: DataLoader[Any], generators: list[torch.Generator]) -> str | None:
+    """Why a resumed run may not see ``loader``'s batches in the uninterrupted order."""
+    sampler = loader.sampler
+    if isinstance(loader.dataset, IterableDataset):
+        return "its IterableDataset keeps its own position, which a checkpoint can't hold"
+    if not isinstance(sampler, _EXACT_SAMPLERS):
+        return f"its sampler {type(sampler).__name__} may keep state a checkpoint can't hold"
+    if loader.batch_sampler is not None and type(loader.batch_sampler) is not BatchSampler:
+        return f"its batch sampler {type(loader.batch_sampler).__name__} may keep state"
+    if len(generators) > 1:
+        return "it draws from two generators (the DataLoader's and its sampler's)"
+    if loader.num_workers and loader.persistent_workers:
+        return "its persistent workers drew their seeds once, when the first epoch began"
+    return None
+
+
+def data_generator(data: Any, default: torch.Generator, *, resuming: bool) -> torch.Generator:
+    """The generator that shuffles ``data``, whose state checkpoints save and restore.
+
+    ``default`` (``fit``'s own generator, which batches in-memory data and Datasets)
+    unless ``data`` is a ``DataLoader`` drawing its order from a generator of its own
+    (``DataLoader(shuffle=True, generator=g)`` or ``sampler=RandomSampler(...,
+    generator=g)``): then that one. A ``DataLoader`` without one draws from torch's
+    global generator, which checkpoints restore too. For the loaders whose order a
+    resumed run can't reproduce (see ``_inexact``), ``resuming`` warns.
+    """
+    if not isinstance(data, DataLoader):
+        return default
+    generators: list[torch.Generator] = []
+    for owner in (data, data.sampler, getattr(data.batch_sampler, "sampler", None)):
+        found = getattr(owner, "generator", None)
+        if isinstance(found, torch.Generator) and all(found is not g for g in generators):
+            generators.append(found)
+    reason = _inexact(data, generators)
+    if resuming and reason is not None:
+        warnings.warn(
+            f"Resuming with this train_data DataLoader may not be exact: {reason}. The resumed "
+            "epochs can see the batches in another order than the uninterrupted run; in-memory "
+            "data, Datasets, and DataLoaders with a standard sampler and at most one generator "
+            "resume exactly (see 'Exact resume' in the Training in depth guide).",
+            UserWarning,
+            stacklevel=user_stacklevel(),
+        )
+    return generators[0] if generators else default

@@ -77,6 +77,7 @@ def fit(
     scheduler_interval: str | None = None,
     grad_clip: float | None = None,
     resume_from: str | os.PathLike[str] | None = None,
+    require_digest: bool = False,
     nan_guard: bool = True,
     sync_batchnorm: bool = False,
     on_interrupt: str = "raise",
@@ -182,9 +183,16 @@ def fit(
             History, callbacks (matched by ``state_key``) and every RNG, and continues
             after its epoch up to ``epochs``; a run a callback had stopped trains no
             further. Everything is checked against the model, optimizer and callbacks
-            before anything changes. A file written after Ctrl-C (mid-epoch weights)
-            and a checkpoint past ``epochs`` are refused. A CPU run resumed this way
-            ends bit for bit where the uninterrupted run would.
+            before anything changes. A file written after Ctrl-C (mid-epoch weights),
+            a checkpoint past ``epochs``, and an optimizer or scheduler of another
+            class than the saved one are refused. The saved optimizer and scheduler
+            settings are restored with their state, as Lightning does: ``lr``,
+            ``weight_decay`` or a scheduler's settings given for this run that differ
+            from the saved ones are replaced, and a warning lists them. A CPU run
+            resumed this way ends bit for bit where the uninterrupted run would (for
+            which ``DataLoader``s, see the Training in depth guide).
+        require_digest: Refuse a ``resume_from`` file without a digest (format
+            version 1, convkit 0.1) instead of loading it unverified with a warning.
         nan_guard: Check every training batch's loss and gradient norm; a NaN or
             infinite one raises [`NonFiniteLossError`][convkit.NonFiniteLossError]
             (naming the epoch and batch, both from 1) before the optimizer steps on it,
@@ -270,6 +278,7 @@ def fit(
         scheduler_interval=scheduler_interval,
         grad_clip=grad_clip,
         resume_from=resume_from,
+        require_digest=require_digest,
         nan_guard=nan_guard,
         sync_batchnorm=sync_batchnorm,
         on_interrupt=on_interrupt,

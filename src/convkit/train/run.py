@@ -44,6 +44,7 @@ from torch.utils.data import DataLoader
 from tqdm.std import tqdm
 
 from ..checkpoints import resume
+from ..checkpoints.restore import data_generator
 from ..utils.probe import eval_mode, preserved_modes
 from ..utils.validation import (
     check_bool,
@@ -416,6 +417,7 @@ class Options:
     scheduler_interval: Any
     grad_clip: Any
     resume_from: Any
+    require_digest: Any
     nan_guard: Any
     sync_batchnorm: Any
     on_interrupt: Any
@@ -433,7 +435,7 @@ class Options:
         self.loss = check_loss(self.loss)
         check_task(self.task)
         self.metrics = parse_metrics(self.metrics)
-        for name in ("progress", "compile", "nan_guard", "sync_batchnorm"):
+        for name in ("progress", "compile", "nan_guard", "sync_batchnorm", "require_digest"):
             check_bool(name, getattr(self, name))
         check_optional_bool("drop_last", self.drop_last, "drop a last batch of one for BatchNorm")
         check_optional_bool("data_on_device", self.data_on_device, "decide by size")
@@ -751,6 +753,10 @@ class Run:
         self.val = None
         if val_data is not None:
             self.val = make_batches(val_data, val_spec, model=self.model)
+        if isinstance(self.train, LoaderBatches):  # checkpoints save the generator of its order
+            self.generator = data_generator(
+                self.train.loader, self.generator, resuming=o.resume_from is not None
+            )
         self.runtime.place(self.model)
         self.metrics = setup_task(
             self.model,
@@ -853,6 +859,7 @@ class Run:
             generator=self.generator,
             callbacks=state.callbacks,
             epochs=state.epochs,
+            require_digest=self.options.require_digest,
         )
         if payload["history"] is not None:
             state.history = History.from_dict(payload["history"])
