@@ -13,6 +13,7 @@ through ``torch.save`` and ``torch.load(weights_only=True)`` in memory.
 
 from __future__ import annotations
 
+import collections
 import copy
 import io
 import os
@@ -27,6 +28,10 @@ __all__ = ["plain_payload"]
 
 _LABELS = {"model_config": "model.config", "callbacks": "callbacks"}
 _SCALARS = (str, int, float, bool, type(None))
+# Kinds torch.load(weights_only=True) always rebuilds (a subset of its allow-list): a
+# payload of only these needs no round trip.
+_KNOWN = frozenset((*_SCALARS, torch.Tensor, torch.nn.Parameter, torch.dtype, torch.device))
+_CONTAINERS = frozenset((dict, collections.OrderedDict, list, tuple))
 
 
 def _refuse(target: os.PathLike[str], where: str, value: Any, fix: str) -> TypeError:
@@ -88,6 +93,17 @@ def _without_tensors(value: Any) -> Any:
     return value
 
 
+def _known(value: Any) -> bool:
+    """Whether ``value`` holds only kinds the reader always rebuilds (no round trip needed)."""
+    kind = type(value)
+    if kind in _KNOWN:
+        return True
+    if kind not in _CONTAINERS:
+        return False
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    return all(_known(key) and _known(item) for key, item in items)
+
+
 def _readable(value: Any) -> bool:
     """Whether ``torch.load(weights_only=True)`` rebuilds what ``torch.save`` writes of it."""
     buffer = io.BytesIO()
@@ -141,7 +157,7 @@ def plain_payload(payload: dict[str, Any], target: os.PathLike[str]) -> dict[str
         TypeError: Can't save a checkpoint to c.pt: model.config['f'] is a ...
     """
     plain = {key: _convert(value, _LABELS.get(key, key), target) for key, value in payload.items()}
-    if _readable(plain):
+    if _known(plain) or _readable(plain):
         return plain
     for key, value in plain.items():
         found = _first_unreadable(value, _LABELS.get(key, key))
