@@ -458,7 +458,7 @@ def _check_own_features(features: Any, given: dict[str, Any]) -> None:
             "Invalid type for argument `features`. Expected an nn.Module mapping "
             f"(N, *input_shape) to features. Received {type(features).__name__}."
         )
-    clashing = [k for k, v in given.items() if k != "act" and v != _DEFAULTS[k]]
+    clashing = [k for k, v in given.items() if k != "act" and v != BUILD_CNN_DEFAULTS[k]]
     if clashing:
         raise ValueError(
             f"Invalid arguments: {', '.join(f'`{k}`' for k in clashing)} configure the "
@@ -468,4 +468,4 @@ def _check_own_features(features: Any, given: dict[str, Any]) -> None:
 
 
 # build_cnn's own defaults, read from its signature so that they can't drift
-_DEFAULTS = {k: p.default for k, p in inspect.signature(build_cnn).parameters.items()}
+BUILD_CNN_DEFAULTS = {k: p.default for k, p in inspect.signature(build_cnn).parameters.items()}

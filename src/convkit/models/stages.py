@@ -48,10 +48,13 @@ from ..utils.validation import (
     check_probability,
 )
 
-__all__ = ["FAMILIES", "RESIDUAL_DEFAULTS", "family_features", "per_block"]
+__all__ = ["CONVS_PER_BLOCK", "FAMILIES", "RESIDUAL_DEFAULTS", "family_features", "per_block"]
 
 #: The values of ``build_cnn(block=...)``.
 FAMILIES = ("plain", "residual", "bottleneck")
+
+#: Convolutions in one block of each family (a projection shortcut adds one).
+CONVS_PER_BLOCK = {"plain": 1, "residual": 2, "bottleneck": 3}
 
 #: ``build_cnn`` arguments that configure residual blocks only, with their defaults.
 RESIDUAL_DEFAULTS: dict[str, Any] = {
@@ -320,10 +323,13 @@ def _plain_parts(
         settings = ", ".join(
             f"{key}={options[key]!r}" for key in ("kernel_size", "stride", "padding", "pool")
         )
-        fix = (
-            f"Use padding='same', fewer blocks (channels={tuple(channels[:i])}) or a larger "
-            f"input than input_shape={input_shape}."
-        )
+        fixes = [
+            *(["padding='same'"] if options["padding"] != "same" else []),
+            *(["pool=None there"] if options["pool"] is not None else []),
+            *(["stride 1 there"] if options["stride"] not in (1, (1,) * dims) else []),
+            f"fewer blocks (channels={tuple(channels[:i])})",
+        ]
+        fix = f"Use {', '.join(fixes)} or a larger input than input_shape={input_shape}."
         parts.append(
             _Part(
                 f"block{i + 1}",
