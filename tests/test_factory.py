@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+import convkit
 from convkit import CNN, ConvBlock, build_cnn
 from helpers import NOTEBOOK
 
@@ -288,6 +289,49 @@ def test_head_pool_kinds_match_torch_reductions(kind: str, input_shape) -> None:
     pooled = {"avg": feats.mean(2), "max": feats.amax(2),
               "avgmax": 0.5 * (feats.mean(2) + feats.amax(2))}[kind]  # fmt: skip
     torch.testing.assert_close(model(x), model.head(pooled))
+
+
+class _TooMuchWork(Exception):
+    pass
+
+
+def test_a_long_stack_that_shrinks_is_refused_at_its_first_block(monkeypatch) -> None:
+    # 600 blocks on 8x8: block 4 would output 0x0. Nothing after it may be built or
+    # measured: count the blocks built and the calls into convkit.shapes (capped, so
+    # that a regression fails at once instead of running for minutes).
+    built = []
+    init = ConvBlock.__init__
+
+    def counting_init(self, *args, **kwargs) -> None:
+        built.append(1)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(ConvBlock, "__init__", counting_init)
+    shapes_dir = str(Path(convkit.shapes.__file__).parent)
+    calls = 0
+
+    def profile(frame, event, arg) -> None:
+        nonlocal calls
+        if event == "call" and frame.f_code.co_filename.startswith(shapes_dir):
+            calls += 1
+            if calls > 5_000:
+                raise _TooMuchWork(f"{calls} calls into convkit.shapes")
+
+    rng = torch.get_rng_state()
+    sys.setprofile(profile)
+    try:
+        with pytest.raises(
+            ValueError,
+            match=r"block 4 of 600 \(kernel_size=3.*receives an input of shape \(4, 1, 1\) and "
+            r"would output a 0x0 map\. The smallest input that block1 to block4 take is "
+            r"\(1, 16, 16\)\. Use pool=None there, fewer blocks \(channels=\(4, 4, 4\)\)",
+        ):
+            build_cnn((1, 8, 8), 3, channels=(4,) * 600, hidden=())
+    finally:
+        sys.setprofile(None)
+    assert len(built) == 4  # blocks 1 to 4, on the meta device
+    assert calls < 1_000
+    assert torch.equal(torch.get_rng_state(), rng)  # nothing initialised
 
 
 def test_min_input_shape_is_the_smallest_size_that_runs() -> None:

@@ -550,7 +550,9 @@ def test_plot_receptive_field_outlines_the_region(model: nn.Module, digits: Any)
     image = digits[0][0]
     fig = viz.plot_receptive_field(model, (1, 28, 28), (0, 6), image=image)
     top, left, h, w = viz.receptive_field_region(model, (1, 28, 28), (0, 6))
-    assert (top, left, h, w) == (-3, 21, 10, 10)  # reaches into the zero padding
+    # rows -1..6: the first conv reads one row of zero padding above the image; the
+    # second conv's padding depends on no pixel, so the field ends there (8, not 10)
+    assert (top, left, h, w) == (-1, 21, 8, 8)
     solid, dashed = fig.axes[0].patches
     box = (solid.get_y() + 0.5, solid.get_x() + 0.5, solid.get_height(), solid.get_width())
     assert box == (0, 21, 7, 7)  # the part inside the image

@@ -6,9 +6,9 @@ found once at construction by a dry run that leaves every parameter, buffer and
 train/eval flag as it was (so the head is a plain ``nn.Linear``, no lazy modules), or a
 global pooling layer, which frees the model from one input size.
 
-The pieces are separate functions so that other feature stacks can reuse them:
-``plain_features`` builds the blocks and ``assemble_cnn`` puts any feature module, the
-global pool and the head together into a ``CNN``.
+The feature stacks of the block families are built in ``convkit.models.stages``;
+this module puts a feature module (those or your own), the global pool and the head
+together into a ``CNN``.
 """
 
 from __future__ import annotations
@@ -22,14 +22,12 @@ import torch
 from torch import nn
 
 from .. import shapes
-from ..layers.blocks import ConvBlock, Flatten
+from ..layers.blocks import Flatten
 from ..layers.create import (
-    CONV_NORMS,
     FEATURE_NORMS,
     check_act,
     check_global_pool,
     check_norm,
-    check_pool,
     create_global_pool,
 )
 from ..layers.heads import MLPHead
@@ -150,33 +148,6 @@ class CNN(nn.Sequential):
             )
 
 
-def _is_spatial_tuple(value: Any, dims: int) -> bool:
-    return (
-        isinstance(value, (tuple, list))
-        and len(value) == dims
-        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-    )
-
-
-def _per_block(name: str, value: Any, n: int, *, spatial_dims: int = 0) -> list[Any]:
-    """Broadcast one value to ``n`` blocks, or check a sequence has one entry per block.
-
-    For per-dimension options (``spatial_dims`` > 0) a sequence of length ``n`` is
-    per-block; a tuple of ``spatial_dims`` ints is otherwise one value for all blocks.
-    """
-    if isinstance(value, (list, tuple)):
-        if len(value) == n:
-            return list(value)
-        if spatial_dims and _is_spatial_tuple(value, spatial_dims):
-            return [tuple(value)] * n
-        raise ValueError(
-            f"Invalid value for argument `{name}`: a sequence must have one entry per block, "
-            f"i.e. {n} entries for channels of length {n}. Received {name}={value!r} with "
-            f"{len(value)} entries. Pass a single value to use it for every block."
-        )
-    return [value] * n
-
-
 def _jsonable(value: Any) -> bool:
     if value is None or isinstance(value, (bool, int, float, str)):
         return True
@@ -220,12 +191,15 @@ def _min_input_shape(
 ) -> tuple[int, ...]:
     """The smallest sample shape ``features`` takes, from ``convkit.shapes``.
 
-    The size comes from the blocks' own ``output_size`` or else the conv and pooling
-    layers in registration order; with ``verify`` (a module convkit didn't build) a dry
-    run confirms it, and where it fails the model keeps to sizes at least ``input_shape``.
+    The size comes from the layers of the one walk (``convkit.shapes.min_input_size``);
+    with ``verify`` (a module convkit didn't build) a dry run confirms it, and where the
+    walk can't measure the module or the dry run fails, the model keeps to sizes at
+    least ``input_shape``.
     """
-    dims = len(input_shape) - 1
-    computed = shapes.min_input_size(lambda s: blocks_output_size(features, s), dims)
+    try:
+        computed = shapes.min_input_size(features, len(input_shape) - 1)
+    except ValueError:  # a layer of unknown geometry: stay safe
+        return input_shape
     smallest = (
         input_shape[0],
         *(min(c, s) for c, s in zip(computed, input_shape[1:], strict=True)),
@@ -238,7 +212,7 @@ def _min_input_shape(
     return smallest
 
 
-def assemble_cnn(
+def _assemble_cnn(
     features: nn.Module,
     input_shape: tuple[int, ...],
     num_classes: int,
@@ -450,7 +424,7 @@ def build_cnn(
     if head_act == INHERIT:
         head_layer = act[-1] if isinstance(act, (list, tuple)) and act else act
         check_act("act", head_layer)
-    return assemble_cnn(
+    return _assemble_cnn(
         feature_module,
         shape,
         num_classes,
@@ -467,16 +441,13 @@ def build_cnn(
 def _family_features(
     shape: tuple[int, ...], given: dict[str, Any], family: dict[str, Any]
 ) -> nn.Module:
-    if family == {k: _DEFAULTS[k] for k in family}:
-        return plain_features(shape, **given)  # the default: plain blocks, exactly
-    residual = {k: family[k] for k in RESIDUAL_DEFAULTS}
     return family_features(
         shape,
         block=family["block"],
         depths=family["depths"],
         stem=family["stem"],
         init=family["init"],
-        residual=residual,
+        residual={k: family[k] for k in RESIDUAL_DEFAULTS},
         options=given,
     )
 
@@ -487,7 +458,7 @@ def _check_own_features(features: Any, given: dict[str, Any]) -> None:
             "Invalid type for argument `features`. Expected an nn.Module mapping "
             f"(N, *input_shape) to features. Received {type(features).__name__}."
         )
-    clashing = [k for k, v in given.items() if k != "act" and v != _DEFAULTS[k]]
+    clashing = [k for k, v in given.items() if k != "act" and v != BUILD_CNN_DEFAULTS[k]]
     if clashing:
         raise ValueError(
             f"Invalid arguments: {', '.join(f'`{k}`' for k in clashing)} configure the "
@@ -496,107 +467,5 @@ def _check_own_features(features: Any, given: dict[str, Any]) -> None:
         )
 
 
-def plain_features(
-    input_shape: tuple[int, ...],
-    *,
-    channels: Sequence[int],
-    kernel_size: Any,
-    stride: Any,
-    padding: Any,
-    norm: Any,
-    act: Any,
-    pool: Any,
-    pool_size: Any,
-    dropout: Any,
-    order: Any,
-) -> nn.Sequential:
-    """The generated ``features`` stack, ``block1`` ... ``blockN``, with shapes checked."""
-    check_positive_int_sequence(
-        "channels", channels, example="(32, 64), one per block", allow_empty=False
-    )
-    n, dims = len(channels), len(input_shape) - 1
-    per_block = {
-        "kernel_size": _per_block("kernel_size", kernel_size, n, spatial_dims=dims),
-        "stride": _per_block("stride", stride, n, spatial_dims=dims),
-        "padding": _per_block("padding", padding, n, spatial_dims=dims),
-        "norm": _per_block("norm", norm, n),
-        "act": _per_block("act", act, n),
-        "pool": _per_block("pool", pool, n),
-        "pool_size": _per_block("pool_size", pool_size, n, spatial_dims=dims),
-        "dropout": _per_block("dropout", dropout, n),
-        "order": _per_block("order", order, n),
-    }
-    for i in range(n):  # name-checks first, so a bad name is reported for all blocks
-        check_norm("norm", per_block["norm"][i], CONV_NORMS[dims], dims=dims)
-        check_pool("pool", per_block["pool"][i])
-
-    stack = nn.Sequential()
-    c_in = input_shape[0]
-    for i, c_out in enumerate(channels):
-        options = {key: values[i] for key, values in per_block.items()}
-        try:
-            block = ConvBlock(c_in, c_out, dims=dims, **options)
-        except (TypeError, ValueError) as err:
-            where = f"block {i + 1} of {n}" if n > 1 else "the block"
-            raise type(err)(f"{err} (in {where}, built from channels[{i}]={c_out})") from None
-        stack.add_module(f"block{i + 1}", block)
-        c_in = c_out
-    details = [
-        ", ".join(
-            f"{key}={per_block[key][i]!r}" for key in ("kernel_size", "stride", "padding", "pool")
-        )
-        for i in range(n)
-    ]
-    check_stack_fits(stack, input_shape, details)
-    return stack
-
-
-def blocks_output_size(module: nn.Module, size: Sequence[int]) -> tuple[int, ...]:
-    """Spatial output size of a module, measured block by block.
-
-    A module with an ``output_size`` method ([`ConvBlock`][convkit.ConvBlock] and the
-    other convkit blocks, which know their geometry, shortcut branches included) is asked;
-    any other module is measured child by child in registration order, and a layer by
-    [`convkit.shapes.layer_output_size`][convkit.shapes.layer_output_size].
-    """
-    sizes = tuple(size)
-    measure = getattr(module, "output_size", None)
-    if callable(measure):
-        return tuple(measure(sizes))
-    children = list(module.children())
-    if not children:
-        return shapes.layer_output_size(module, sizes)
-    for child in children:
-        sizes = blocks_output_size(child, sizes)
-    return sizes
-
-
-def check_stack_fits(
-    stack: nn.Sequential, input_shape: tuple[int, ...], details: Sequence[str] = ()
-) -> None:
-    """Raise if ``stack`` shrinks ``input_shape`` to nothing, naming the first empty block.
-
-    The message gives that block's input shape (and ``details[i]``, its settings), the
-    channels of the blocks before it and the smallest input the whole stack takes.
-    """
-    channels, size = input_shape[0], tuple(input_shape[1:])
-    kept: list[int] = []
-    for i, block in enumerate(stack.children()):
-        out = blocks_output_size(block, size)
-        if min(out) < 1:
-            smallest = shapes.min_input_size(lambda s: blocks_output_size(stack, s), len(size))
-            settings = f" ({details[i]})" if i < len(details) else ""
-            raise ValueError(
-                f"The feature map shrinks to nothing: block {i + 1} of {len(stack)}{settings} "
-                f"receives an input of shape {(channels, *size)} and would output a "
-                f"{'x'.join(map(str, out))} map. The smallest input these blocks take is "
-                f"{(input_shape[0], *smallest)}. Use padding='same', fewer blocks (channels="
-                f"{tuple(kept)}) or a larger input than input_shape={input_shape}."
-            )
-        channels = getattr(block, "out_channels", channels)
-        kept.append(channels)
-        size = out
-
-
 # build_cnn's own defaults, read from its signature so that they can't drift
-_DEFAULTS = {k: p.default for k, p in inspect.signature(build_cnn).parameters.items()}
+BUILD_CNN_DEFAULTS = {k: p.default for k, p in inspect.signature(build_cnn).parameters.items()}

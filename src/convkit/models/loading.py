@@ -2,20 +2,24 @@
 
 The model side of checkpoints: the file is read and verified by
 [`convkit.checkpoints`][convkit.checkpoints]; the architecture stored in it as
-``build_cnn``'s arguments is built on the ``meta`` device (no memory), every shape is
-compared with the stored weights, and only then is the model materialised and loaded.
+``build_cnn``'s arguments is first compared in size with the stored weights (a config
+asking for more layers than the file holds is refused before anything is built), then
+built on the ``meta`` device (no memory), every shape is compared with the stored
+weights, and only then is the model materialised and loaded.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..checkpoints import read_checkpoint
-from .factory import build_cnn
+from .factory import BUILD_CNN_DEFAULTS, build_cnn
+from .stages import CONVS_PER_BLOCK
 
 __all__ = ["load_model"]
 
@@ -70,6 +74,7 @@ def load_model(
             "or was not made by build_cnn. Build the model yourself, then call "
             "convkit.load_checkpoint(path, model) to load its weights."
         )
+    _check_size(source, config, payload["model"])
     try:
         with torch.device("meta"):  # shapes only: nothing is allocated or initialised
             model = build_cnn(**config)
@@ -82,6 +87,51 @@ def load_model(
     model = model.to_empty(device=map_location)
     model.load_state_dict(payload["model"])
     return model.eval()
+
+
+def _layers_asked(config: dict[str, Any]) -> tuple[int, int]:
+    """The fewest convolutions and linear layers ``build_cnn(**config)`` makes.
+
+    Read from the config's lengths alone (no argument is checked here: ``build_cnn``
+    does that), so that a config asking for far more layers than the file holds is
+    refused before anything is built.
+    """
+    settings = {**BUILD_CNN_DEFAULTS, **config}
+    channels, depths, hidden = settings["channels"], settings["depths"], settings["hidden"]
+    stages = len(channels) if isinstance(channels, (list, tuple)) else 1
+    if isinstance(depths, (list, tuple)):
+        blocks = sum(d for d in depths if isinstance(d, int) and d > 0)
+    else:
+        blocks = stages * depths if isinstance(depths, int) and depths > 0 else stages
+    family = settings["block"] if settings["block"] in CONVS_PER_BLOCK else "plain"
+    convs = blocks * CONVS_PER_BLOCK[family] + (settings["stem"] is not None)
+    return convs, (len(hidden) if isinstance(hidden, (list, tuple)) else 0) + 1
+
+
+def _check_size(source: Path, config: dict[str, Any], stored: dict[str, torch.Tensor]) -> None:
+    """Refuse a config that asks for more layers than the stored weights hold."""
+    convs, linears = _layers_asked(config)
+    kernels = sum(1 for value in stored.values() if value.dim() >= 3)  # conv weights
+    matrices = sum(1 for value in stored.values() if value.dim() == 2)  # linear weights
+    if convs > kernels or linears > matrices:
+        asked = {
+            k: config[k] for k in ("block", "channels", "depths", "stem", "hidden") if k in config
+        }
+        raise ValueError(
+            f"{source} is not a consistent convkit checkpoint: its model_config asks for at "
+            f"least {convs:,} convolutions and {linears:,} linear layers ({_brief(asked)}), "
+            f"but the stored weights hold {kernels:,} convolution kernels and {matrices:,} "
+            "weight matrices. The file was damaged or edited; nothing was built."
+        )
+
+
+def _brief(values: dict[str, Any]) -> str:
+    """``key=value`` pairs, each cut to 40 characters (a list may be very long)."""
+    parts = []
+    for key, value in values.items():
+        text = repr(value)
+        parts.append(f"{key}={text if len(text) <= 40 else text[:37] + '...'}")
+    return ", ".join(parts)
 
 
 def _check_shapes(source: Path, model: nn.Module, stored: dict[str, torch.Tensor]) -> None:

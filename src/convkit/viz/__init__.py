@@ -509,7 +509,8 @@ def _unit(
             f"{name}'s {size[0]}x{size[1]} output, each from 0 to {size[0] - 1} / {size[1] - 1}. "
             f"Received position={position!r}."
         )
-    return name, size, region(layers, (position[0], position[1]))
+    top, left, height, width = region(layers, (position[0], position[1]), shape[1:])
+    return name, size, (top, left, height, width)
 
 
 def receptive_field_region(
