@@ -13,6 +13,12 @@ default-language version (``name.ipynb``) that the plugin gives translated Markd
 so the language switch leads from one to the other. Without the i18n plugin every notebook
 is already a page and ``on_files`` changes nothing.
 
+``on_page_content`` removes two loaders that nbconvert's template puts into every notebook
+page: MathJax 2's (with an empty URL here; the site typesets formulas with its own,
+vendored MathJax) and mermaid's, which imports mermaid from cdnjs.cloudflare.com as soon as
+a notebook holds a diagram. The site loads nothing from elsewhere; a mermaid diagram in a
+notebook stays text.
+
 ``on_page_markdown`` gives a notebook page the language its file name ends in
 (``name.ja.ipynb``) as ``lang:``, the front matter a notebook cannot have: hooks/japanese.py
 then serves it as Japanese, and hooks/languages.py does not take it for an English copy.
@@ -29,6 +35,10 @@ from mkdocs.plugins import event_priority
 from mkdocs.structure.files import File, Files
 
 _LANGUAGE_SUFFIX = re.compile(r"\.(?P<lang>[a-z]{2}(?:[-_][A-Za-z]+)?)\.ipynb$")
+
+
+_MATHJAX_2 = re.compile(r"<!-- Load mathjax -->.*?<!-- End of mathjax configuration -->", re.S)
+_MERMAID = re.compile(r'<script type="module">(?:(?!</script>).)*?mermaid.*?</script>', re.S)
 
 
 class NotebookPage(File):
@@ -74,3 +84,9 @@ def on_page_markdown(markdown: str, *, page: Any, **kwargs: Any) -> str:
     if match:
         page.meta.setdefault("lang", match["lang"])
     return markdown
+
+
+def on_page_content(html: str, *, page: Any, **kwargs: Any) -> str:
+    if not page.file.src_uri.endswith(".ipynb"):
+        return html
+    return _MERMAID.sub("", _MATHJAX_2.sub("", html))

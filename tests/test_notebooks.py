@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import base64
 import io
+import json
 import os
 import re
 import subprocess
@@ -29,6 +30,7 @@ from IPython.core.inputtransformer2 import TransformerManager
 from nbclient import NotebookClient
 
 import convkit
+from test_docs import browser  # noqa: F401  (the fixture: Chromium on the built site)
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = {
@@ -281,7 +283,7 @@ def test_notebook_starts_in_a_kernel_of_this_python(tmp_path: Path) -> None:
 
 FIGURE_CELLS = (
     "fig, axes = plt.subplots",
-    "history.plot()",
+    "fig = history.plot()",
     "viz.plot_filters(model)",
     "viz.plot_feature_maps(model",
     "viz.plot_grad_cam(model",
@@ -367,14 +369,17 @@ def test_site_shows_both_notebooks() -> None:
 
     site = built_site()
     home = (site / "index.html").read_text(encoding="utf-8")
-    for lang, title in (("en", "Your first CNN with convkit"), ("ja", "convkit ではじめての CNN")):
+    for lang, title in (("en", "Tutorial notebook"), ("ja", "チュートリアル（ノートブック）")):
         url = DOCS_COPIES[lang].relative_to(ROOT / "docs").with_suffix("").as_posix()
         html = (site / url / "index.html").read_text(encoding="utf-8")
         assert html.lstrip().lower().startswith("<!doctype html>"), html[:200]  # not the JSON
         assert f'<html lang="{lang}"' in html
-        assert f"<title>{title} - convkit</title>" in html
+        assert f"<title>{title} - convkit</title>" in html  # the nav's title
+        heading = read(lang).cells[0].source.splitlines()[0].removeprefix("# ")
+        assert re.search(f"<h1[^>]*>{re.escape(heading)}<", html), heading  # the notebook's
         assert f'href="{colab_url(NOTEBOOKS[lang])}"' in html
-        assert "build_cnn" in html and "jp-OutputArea-output" not in html  # code, no outputs
+        assert "build_cnn" in html and "jp-mod-noOutputs" in html  # code cells, no outputs
+        assert 'class="jp-Output' not in html
         assert not EXTERNAL_ASSET.findall(html)
         assert not re.findall(r'<(?:img|script)[^>]+src="(?:https?:)?//', html)
         assert f'href="{url}/"' in home  # in the navigation
@@ -439,8 +444,50 @@ def test_notebooks_stay_pages_beside_static_i18n(tmp_path: Path) -> None:
     done = build(I18N_SITE + hook, tmp_path / "with", tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     english, japanese = pages(tmp_path / "with")
-    assert "<title>Your first CNN with convkit" in english and '<html lang="en"' in english
-    assert "<title>convkit ではじめての CNN" in japanese and '<html lang="ja"' in japanese
+    assert ">Your first CNN with convkit<" in english and '<html lang="en"' in english
+    assert ">convkit ではじめての CNN<" in japanese and '<html lang="ja"' in japanese
     # the language switch leads from each page to the other one
     assert 'href="../ja/first-cnn/" hreflang="ja"' in english
     assert 'href="../../first-cnn/" hreflang="en"' in japanese
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lang", NOTEBOOKS)
+def test_notebook_page_in_the_browser(lang: str, browser) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    from test_docs import ARTIFACTS, wait_for
+
+    url = DOCS_COPIES[lang].relative_to(ROOT / "docs").with_suffix("").as_posix()
+    browser.get_log("performance")  # drop what earlier pages left
+    browser.get_log("browser")
+    try:
+        for width in (1280, 390):
+            browser.set_window_size(width, 1000)
+            browser.get(f"{browser.base_url}/{url}/")
+            wait_for(lambda: browser.execute_script("return document.readyState") == "complete")
+            # the page fits the window: code scrolls inside its cell, not the page sideways
+            overflow = browser.execute_script(
+                "return document.documentElement.scrollWidth - window.innerWidth"
+            )
+            assert overflow <= 0, (width, overflow)
+            ARTIFACTS.mkdir(exist_ok=True)
+            browser.save_screenshot(str(ARTIFACTS / f"notebook-{lang}-{width}.png"))
+    finally:
+        browser.set_window_size(1280, 1000)
+    badge = browser.execute_script(
+        "const img = document.querySelector('article img[alt=\"Open in Colab\"]');"
+        "return [img.complete && img.naturalWidth, img.closest('a').href]"
+    )
+    assert badge == [117, colab_url(NOTEBOOKS[lang])], badge
+    cells = browser.execute_script(
+        "return document.querySelectorAll('.jp-CodeCell[id^=\"cell-id=\"]').length"
+    )
+    assert cells == len(code_cells(read(lang)))
+    requested = [
+        json.loads(entry["message"])["message"]["params"]["request"]["url"]
+        for entry in browser.get_log("performance")
+        if '"Network.requestWillBeSent"' in entry["message"]
+    ]
+    elsewhere = [u for u in requested if not u.startswith((browser.base_url, "data:", "blob:"))]
+    assert requested and not elsewhere, elsewhere
+    errors = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert not [e for e in errors if "/versions.json" not in e], errors  # mike's, see test_docs
