@@ -37,11 +37,15 @@ NOTEBOOKS = {
     "en": ROOT / "examples" / "first_cnn_en.ipynb",
     "ja": ROOT / "examples" / "first_cnn_ja.ipynb",
 }
-#: Where the docs take them from (mkdocs-jupyter renders files inside docs/).
+#: Where the docs take them from (mkdocs-jupyter renders files inside docs/), the Japanese
+#: one as the translation of the English one (mkdocs-static-i18n's suffix structure).
 DOCS_COPIES = {
     "en": ROOT / "docs" / "tutorial" / "first-cnn.ipynb",
     "ja": ROOT / "docs" / "tutorial" / "first-cnn.ja.ipynb",
 }
+#: Their pages in the built site: English at the root, Japanese under ja/.
+SITE_PAGES = {"en": "tutorial/first-cnn", "ja": "ja/tutorial/first-cnn"}
+PUBLISHED = "https://convkit.github.io/convkit/latest/"
 KANA = re.compile("[\u3041-\u30ff]")
 PYPROJECT = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
 
@@ -209,9 +213,10 @@ def test_docs_render_the_notebooks_of_examples() -> None:
     config = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
     plugin = re.search(r"^  - mkdocs-jupyter:\n((?:      .*\n)+)", config, re.M)
     assert plugin and "execute: false" in plugin[1], "the docs build must not run the notebooks"
-    for copy in DOCS_COPIES.values():
-        assert f": {copy.relative_to(ROOT / 'docs').as_posix()}\n" in config  # in the nav
-    assert "hooks/notebooks.py" in config
+    # in the nav once, under a title the Japanese side translates
+    assert "\n      - Tutorial notebook: tutorial/first-cnn.ipynb\n" in config
+    assert "\n            Tutorial notebook: チュートリアル（ノートブック）\n" in config
+    assert "docs_structure: suffix" in config and "hooks/notebooks.py" in config
 
 
 # ------------------------------------------------------------------- executed
@@ -368,9 +373,8 @@ def test_site_shows_both_notebooks() -> None:
     from test_docs import EXTERNAL_ASSET, built_site
 
     site = built_site()
-    home = (site / "index.html").read_text(encoding="utf-8")
     for lang, title in (("en", "Tutorial notebook"), ("ja", "チュートリアル（ノートブック）")):
-        url = DOCS_COPIES[lang].relative_to(ROOT / "docs").with_suffix("").as_posix()
+        url = SITE_PAGES[lang]
         html = (site / url / "index.html").read_text(encoding="utf-8")
         assert html.lstrip().lower().startswith("<!doctype html>"), html[:200]  # not the JSON
         assert f'<html lang="{lang}"' in html
@@ -382,7 +386,16 @@ def test_site_shows_both_notebooks() -> None:
         assert 'class="jp-Output' not in html
         assert not EXTERNAL_ASSET.findall(html)
         assert not re.findall(r'<(?:img|script)[^>]+src="(?:https?:)?//', html)
-        assert f'href="{url}/"' in home  # in the navigation
+        home = url.removesuffix("tutorial/first-cnn")
+        assert 'href="tutorial/first-cnn/"' in (site / home / "index.html").read_text("utf-8")
+        assert "未翻訳" not in html  # hooks/languages.py: a translation, not an English copy
+        # the notebook's links into the published docs lead to pages of this site
+        prose = "\n".join(c.source for c in read(lang).cells if c.cell_type == "markdown")
+        links = re.findall(rf"\]\({re.escape(PUBLISHED)}([^)#]*)", prose)
+        assert len(links) >= 4
+        assert [link for link in links if not (site / link / "index.html").is_file()] == []
+        if lang == "ja":  # the Japanese notebook stays in the Japanese site
+            assert all(link.startswith("ja/") for link in links if "own-images" not in link)
 
 
 def build(config: str, site: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -456,7 +469,7 @@ def test_notebooks_stay_pages_beside_static_i18n(tmp_path: Path) -> None:
 def test_notebook_page_in_the_browser(lang: str, browser) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     from test_docs import ARTIFACTS, wait_for
 
-    url = DOCS_COPIES[lang].relative_to(ROOT / "docs").with_suffix("").as_posix()
+    url = SITE_PAGES[lang]
     browser.get_log("performance")  # drop what earlier pages left
     browser.get_log("browser")
     try:
