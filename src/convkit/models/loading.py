@@ -114,7 +114,7 @@ def _check_size(source: Path, config: dict[str, Any], stored: dict[str, torch.Te
     kernels = sum(1 for value in stored.values() if value.dim() >= 3)  # conv weights
     matrices = sum(1 for value in stored.values() if value.dim() == 2)  # linear weights
     if convs > kernels or linears > matrices:
-        asked = {
+        asked: dict[str, Any] = {
             k: config[k] for k in ("block", "channels", "depths", "stem", "hidden") if k in config
         }
         raise ValueError(
