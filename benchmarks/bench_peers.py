@@ -82,6 +82,9 @@ from notebook_baseline import notebook_net  # noqa: E402
 
 LR = 1e-3
 SEED = 0
+#: glibc keeps freed blocks of up to 32 MiB in the process instead of giving them back and
+#: faulting them in again on the next batch (``--malloc-retain``; see the Performance page).
+MALLOC_RETAIN = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "1073741824"}
 PEERS = {  # import name: distribution name
     "lightning": "lightning",
     "skorch": "skorch",
@@ -690,7 +693,15 @@ def measure(w: Workload, keys: list[str], rounds: int, threads: int | None) -> d
             worker_.ask("warm")
         runs: dict[str, list[dict[str, Any]]] = {key: [] for key in keys}
         order = []
+        started = time.perf_counter()
         for r, key in alternating(keys, rounds):
+            if r == 1 and len(order) == len(keys):
+                per_round = time.perf_counter() - started
+                print(
+                    f"  round 1 took {per_round:.0f} s; about {per_round * (rounds - 1) / 60:.1f} "
+                    "min to go on this workload",
+                    flush=True,
+                )
             run = workers[key].ask("run")
             runs[key].append(run)
             order.append(key)
@@ -920,6 +931,12 @@ def header(results: dict[str, Any]) -> str:
         f"alternating order, in {results['minutes']:.1f} minutes. Load average (1 min) "
         f"{results['load_before'][0]:.2f} before the run, {results['load_after'][0]:.2f} after."
     )
+    allocator = results.get("allocator") or {}
+    text += (
+        " Memory allocator: "
+        + (", ".join(f"`{k}={v}`" for k, v in allocator.items()) or "glibc's defaults")
+        + "."
+    )
     if results.get("quick"):
         text += " A `--quick` smoke run: tiny data, not a measurement."
     if missing:
@@ -1068,6 +1085,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="where the chart goes; '-' to skip it",
     )
     parser.add_argument(
+        "--malloc-retain",
+        action="store_true",
+        help="start every worker with MALLOC_RETAIN: glibc keeps freed memory",
+    )
+    parser.add_argument(
         "--render", action="store_true", help="measure nothing: redraw from the saved JSON"
     )
     args = parser.parse_args(argv)
@@ -1091,6 +1113,21 @@ def contender_keys(only: str | None, versions: dict[str, str | None]) -> list[st
     return keys
 
 
+@contextlib.contextmanager
+def worker_environment(updates: dict[str, str]) -> Iterator[None]:
+    """Environment variables the workers start with (glibc reads MALLOC_* as they start)."""
+    saved = {k: os.environ.get(k) for k in updates}
+    os.environ.update(updates)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                del os.environ[k]
+            else:
+                os.environ[k] = v
+
+
 def run_all(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     rounds = 2 if args.quick else args.rounds
@@ -1102,6 +1139,13 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     versions.update({dist: installed(peer) for peer, dist in PEERS.items()})
     keys = contender_keys(args.only, versions)
     names = args.workloads.split(",")
+    if os.getloadavg()[0] > 0.5 and not args.quick:
+        print(
+            f"Load average {os.getloadavg()[0]:.2f}: other jobs are running, so the rounds "
+            "will spread and comparisons come out unsettled; an idle machine (< 0.5) gives "
+            "figures to rely on.",
+            file=sys.stderr,
+        )
     results: dict[str, Any] = {
         "date": datetime.date.today().isoformat(),
         "machine": machine(args.threads),
@@ -1109,12 +1153,19 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
         "rounds": rounds,
         "quick": args.quick,
         "load_before": load(),
+        "allocator": {
+            k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k == "LD_PRELOAD"
+        },
         "workloads": [],
     }
-    for w in workloads(args.quick):
-        if w.name in names:
-            print(f"{w.title}: {len(keys)} contenders, {rounds} rounds", flush=True)
-            results["workloads"].append(measure(w, keys, rounds, args.threads))
+    with worker_environment(MALLOC_RETAIN if args.malloc_retain else {}):
+        results["allocator"] = {
+            k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k == "LD_PRELOAD"
+        }
+        for w in workloads(args.quick):
+            if w.name in names:
+                print(f"{w.title}: {len(keys)} contenders, {rounds} rounds", flush=True)
+                results["workloads"].append(measure(w, keys, rounds, args.threads))
     results["load_after"] = load()
     results["minutes"] = (time.perf_counter() - started) / 60
     return results

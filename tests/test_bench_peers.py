@@ -4,6 +4,7 @@ the epoch clock on real training calls, and (slow) a whole --quick run in worker
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -307,8 +308,11 @@ def test_each_peers_epoch_hook_fires_once_per_epoch(key: str) -> None:
 
 @pytest.mark.slow
 def test_quick_run_in_worker_processes(tmp_path: Path) -> None:
-    status = bench.main(["--quick", "--only", "fit", "--out-dir", str(tmp_path), "--img-dir", "-"])
+    argv = ["--quick", "--only", "fit", "--malloc-retain", "--out-dir", str(tmp_path)]
+    status = bench.main([*argv, "--img-dir", "-"])
     results = json.loads((tmp_path / "peers-cpu.json").read_text())
+    assert results["allocator"] == bench.MALLOC_RETAIN
+    assert "MALLOC_MMAP_THRESHOLD_" not in os.environ  # only the workers' environment
     assert status == bench.exit_status(results["targets"])
     assert [w["name"] for w in results["workloads"]] == ["resnet20", "mnist"]
     for w in results["workloads"]:
