@@ -25,7 +25,7 @@ from .formulas import (
     tf_same_padding,
 )
 from .receptive import receptive_field
-from .summary import ModelSummary, summary
+from .table import ModelSummary, summary
 from .walk import SpatialPath, layer_output_size, min_input_size, output_size
 
 __all__ = [

@@ -3,7 +3,7 @@
 They know nothing about CNNs (after minGPT's ``trainer.py``): any ``nn.Module`` works.
 Losses and metrics are exact means over samples, evaluation restores each submodule's
 train/eval mode, and nothing runs a forward pass in train mode except training itself.
-``fit`` checks its arguments and hands them to a [`Run`][convkit.train.run.Run], which
+``fit`` checks its arguments and hands them to a ``Run`` (``convkit.train.run``), which
 holds the whole training run; ``evaluate`` and ``predict`` batch through the same path
 (``train/data.py``) and read the same task definition (``train/tasks.py``).
 """

@@ -1,6 +1,6 @@
 """One training run, from its checked arguments to its last epoch: what ``fit`` runs.
 
-A [`Run`][convkit.train.run.Run] owns everything a ``fit`` call trains with: the checked
+A ``Run`` (``convkit.train.run``) owns everything a ``fit`` call trains with: the checked
 arguments ([`Options`][convkit.train.run.Options]), the batches, the task with its loss
 and metrics, the model with its optimizer, scheduler and DDP/compile wrapper, and the
 History. It is read top to bottom after fastai's ``Learner``: ``Run.__init__`` sets up
