@@ -527,6 +527,30 @@ def test_norm_class_for_other_dims_says_what_to_pass(dims: int, norm, fix: str) 
 
 
 @pytest.mark.parametrize(
+    ("order", "norm"),
+    [
+        ("dropout-act-conv", None),  # dropout returns its input itself in eval mode
+        ("dropout-norm-act-conv", "batch"),
+        ("norm-act-conv", lambda c: nn.Identity()),  # a norm of your own may, too
+        ("dropout-pool-act-conv", None),
+    ],
+)
+@pytest.mark.parametrize("training", [False, True])
+def test_the_callers_input_is_never_overwritten(order: str, norm, training: bool) -> None:
+    torch.manual_seed(0)
+    pool = "max" if "pool" in order else None
+    dropout = 0.5 if "dropout" in order else 0.0
+    block = ConvBlock(2, 4, norm=norm, pool=pool, dropout=dropout, order=order).train(training)
+    x = torch.randn(2, 2, 6, 6)
+    before = x.clone()
+    block(x)
+    assert torch.equal(x, before)
+    # in place where a stage made a new tensor: after a pool or a named norm
+    fresh = "pool" in order or (isinstance(norm, str) and order.index("norm") < order.index("act"))
+    assert block.act.inplace is fresh
+
+
+@pytest.mark.parametrize(
     ("act", "function"),
     [
         (nn.ReLU(inplace=True), F.relu),

@@ -42,6 +42,9 @@ __all__ = ["ConvBlock", "Flatten"]
 
 STAGES = ("conv", "norm", "act", "pool", "dropout")
 
+#: Stages that always return a new tensor, which an in-place activation may overwrite.
+_FRESH = frozenset({"conv", "pool"})
+
 
 class Flatten(nn.Flatten):
     """Flatten ``(N, C, H, W)`` to ``(N, C*H*W)``: ``torch.nn.Flatten`` from dim 1.
@@ -139,9 +142,10 @@ class ConvBlock(nn.Sequential):
             ``"sigmoid"``, ``None``, an ``nn.Module`` subclass, a zero-argument callable
             returning a module, or a module instance (copied); not a function applied to
             tensors such as ``torch.relu``. ``"relu"``, ``"leaky_relu"`` and ``"elu"``
-            run in place (as in torchvision) unless they are the block's first stage,
-            where they would overwrite its input; there, an in-place module you pass is
-            made out-of-place too.
+            run in place (as in torchvision) after a conv, a pool or a named norm, which
+            make a new tensor; anywhere else (first, or after dropout, which returns its
+            input itself in eval mode) they would overwrite the block's input, so there
+            they run out of place, and so does an in-place module you pass.
         pool: ``"max"``, ``"avg"`` or ``None``.
         pool_size: Pooling window, also used as its stride; an int or one per dimension.
         dropout: Probability in ``[0, 1)`` of zeroing a whole channel
@@ -243,8 +247,12 @@ class ConvBlock(nn.Sequential):
                 channels = in_channels if position < conv_at else out_channels
                 layer = create_norm("norm", norm, channels, CONV_NORMS[dims])
             elif stage == "act":
-                # never in place as the first stage: it would overwrite the block's input
-                layer = create_act("act", act, inplace=position > 0)
+                # in place only on a tensor the block made: dropout in eval mode and a
+                # norm of your own may return their input itself
+                fresh = _FRESH.intersection(active[:position]) or (
+                    "norm" in active[:position] and isinstance(norm, str)
+                )
+                layer = create_act("act", act, inplace=bool(fresh))
             elif stage == "pool":
                 layer = create_pool("pool", pool, pools)
             else:
