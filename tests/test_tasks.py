@@ -487,3 +487,140 @@ def test_probability_outputs_keep_their_threshold_through_a_saved_history() -> N
         assert torch.equal(predict(model, x, output="probs", history=h, device="cpu"), probs)
         labels = predict(model, x, output="labels", history=h, device="cpu")
         assert torch.equal(labels, (probs > 0.5).long())
+
+
+# ------------------------------------------------------------------ the task owns the loss
+# Issue 23.4 and 23.7: the loss's reduction and ignored value are read once, in the task
+# definition; the reported loss is the exact mean over what the loss counts.
+
+
+#: fit's arguments that train without moving the weights: each epoch scores one model.
+FROZEN: dict[str, Any] = {
+    "optimizer": lambda p: torch.optim.SGD(p, lr=0.0),
+    "device": "cpu",
+    "progress": False,
+}
+
+
+def test_a_batch_whose_targets_are_all_ignored_counts_for_nothing() -> None:
+    """Issue 23.4: NaN x 0 made the epoch loss NaN and tripped fit's NaN guard."""
+    x, y = _images(48)
+    model = _segmenter()
+    masks = _masks(x, y)
+    masks[:16] = -100  # the first batch of 16 ignores every pixel
+    with torch.no_grad():
+        expected = F.cross_entropy(model(x), masks).item()
+    scores = evaluate(model, (x, masks), batch_size=16, metrics=["iou"], device="cpu")
+    assert scores["loss"] == pytest.approx(expected, rel=1e-6)
+    # in order, so that the ignored batch is trained on first (its gradients are zero)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, masks), batch_size=16)
+    history = fit(model, loader, epochs=1, metrics=["iou"], **FROZEN)
+    assert history["loss"][0] == pytest.approx(expected, rel=1e-6)
+    assert history["iou"][0] == pytest.approx(scores["iou"], abs=1e-9)
+
+
+def test_a_summed_loss_reports_the_exact_mean() -> None:
+    """Issue 23.7: CrossEntropyLoss(reduction='sum') trains on the batch sum and reports the
+    exact mean over the epoch, like the default reduction."""
+    x, y = _images(300)
+    model = _cnn(10)
+    with torch.no_grad():
+        expected = F.cross_entropy(model(x), y).item()
+    loss = nn.CrossEntropyLoss(reduction="sum")
+    scores = evaluate(model, (x, y), loss=loss, batch_size=128, device="cpu")
+    assert scores["loss"] == pytest.approx(expected, rel=1e-6)
+    history = fit(model, (x, y), epochs=1, batch_size=128, loss=loss, **FROZEN)
+    assert history["loss"][0] == pytest.approx(expected, rel=1e-6)
+    weighted = nn.CrossEntropyLoss(weight=torch.linspace(0.5, 2.0, 10), reduction="sum")
+    with torch.no_grad():
+        expected = F.cross_entropy(model(x), y, weight=weighted.weight).item()
+    scores = evaluate(model, (x, y), loss=weighted, batch_size=128, device="cpu")
+    assert scores["loss"] == pytest.approx(expected, rel=1e-6)  # divided by the weights' sum
+
+
+def test_the_function_and_the_module_of_a_loss_score_alike() -> None:
+    """Issue 23.7: F.cross_entropy ignores -100 as nn.CrossEntropyLoss() does."""
+    x, y = _images(64)
+    model, masks = _segmenter(), _masks(x, y)
+    module = evaluate(model, (x, masks), loss=nn.CrossEntropyLoss(), metrics=["iou"],
+                      batch_size=16, device="cpu")  # fmt: skip
+    function = evaluate(model, (x, masks), loss=F.cross_entropy, metrics=["iou"], batch_size=16,
+                        device="cpu")  # fmt: skip
+    assert function == pytest.approx(module, rel=1e-9)
+    with torch.no_grad():
+        assert module["loss"] == pytest.approx(F.cross_entropy(model(x), masks).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("loss", "match"),
+    [
+        (nn.CrossEntropyLoss(reduction="none"), r"`loss`: CrossEntropyLoss has reduction='none'"),
+        (nn.KLDivLoss(reduction="sum"), r"reduction='sum'.*doesn't know what KLDivLoss sums"),
+    ],
+)
+def test_a_reduction_the_exact_mean_cannot_come_from_is_refused(
+    loss: nn.Module, match: str
+) -> None:
+    x, y = _images(32)
+    model = _cnn(10)
+    before = _state(model)
+    rng = torch.get_rng_state()
+    with pytest.raises(ValueError, match=match):
+        fit(model, (x, y), epochs=1, loss=loss, device="cpu", progress=False, seed=1)
+    with pytest.raises(ValueError, match=match):
+        evaluate(model, (x, y), loss=loss, device="cpu")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert torch.equal(rng, torch.get_rng_state())
+
+
+# ------------------------------------------------------------------ targets in the task's range
+# Issue 24.7: targets a task can't mean are refused before any work.
+
+
+def _binary(outputs: int) -> nn.Module:
+    torch.manual_seed(0)
+    return build_cnn((1, 28, 28), outputs, channels=(4,), hidden=(), norm=None)
+
+
+@pytest.mark.parametrize(
+    ("task", "outputs", "values", "match"),
+    [
+        ("binary", 1, (0.0, 2.0), r"target 2 is outside \[0, 1\] for task 'binary'"),
+        ("binary", 1, (0.0, -1.0), r"target -1 is outside \[0, 1\] for task 'binary'"),
+        ("multilabel", 3, (0.0, 3.0), r"target 3 is outside \[0, 1\] for task 'multilabel'"),
+    ],
+)
+def test_label_targets_outside_zero_and_one_are_refused(
+    task: str, outputs: int, values: tuple[float, float], match: str
+) -> None:
+    x, y = _images(64)
+    targets = torch.where(y[:, None] % 2 == 0, values[0], values[1]).expand(64, outputs)
+    model = _binary(outputs)
+    before = _state(model)
+    for data in ({"train_data": (x, targets)}, {"val_data": (x, targets)}):
+        train = data.get("train_data", (x, (targets > 0.5).float().clamp(0, 1)))
+        with pytest.raises(ValueError, match=match):
+            fit(model, train, val_data=data.get("val_data"), task=task, device="cpu",
+                progress=False)  # fmt: skip
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert len(fit(model, (x, (targets != 0).float()), task=task, epochs=1, device="cpu",
+                   progress=False)) == 1  # fmt: skip
+
+
+@pytest.mark.parametrize("where", ["train_data", "val_data"])
+@pytest.mark.parametrize("kind", ["regression", "soft"])
+def test_nan_targets_are_refused_before_any_work(where: str, kind: str) -> None:
+    x, y = _images(64)
+    if kind == "regression":
+        targets, model = _regression_targets(x), _cnn(2)
+    else:
+        targets, model = F.one_hot(y, 10).float() * 0.9 + 0.01, _cnn(10)
+    bad = targets.clone()
+    bad[37, 1] = float("nan")
+    data = {"train_data": (x, bad if where == "train_data" else targets)}
+    data["val_data"] = (x, bad if where == "val_data" else targets)
+    before = _state(model)
+    with pytest.raises(ValueError, match=rf"`{where}`: the targets of 1 sample\(s\) hold NaN.*37"):
+        fit(model, data["train_data"], val_data=data["val_data"], loss=nn.CrossEntropyLoss()
+            if kind == "soft" else None, task="auto", device="cpu", progress=False)  # fmt: skip
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
