@@ -15,8 +15,12 @@ from torch import nn
 
 __all__ = ["INITS", "ZeroInitLast", "init_weights"]
 
-#: The accepted values of ``init=``.
 INITS = ("torch", "kaiming", "zero_last")
+"""The accepted values of ``init=`` (``build_cnn``, ``ResidualBlock``, ``init_weights``):
+``"torch"`` keeps PyTorch's own initialisation, ``"kaiming"`` draws conv and linear
+weights with He et al.'s normal initialisation for ReLU, and ``"zero_last"`` does that
+and also zeroes the last norm's scale in each residual branch, so a block starts as its
+shortcut (Goyal et al., 2017)."""
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
