@@ -280,7 +280,7 @@ def test_ctrl_c_writes_the_checkpoint_then_ends_the_script_or_returns(
     payload = load_checkpoint(tmp_path / "run.interrupted.pt")
     assert payload["interrupted"] is True and payload["epoch"] == completed
     if on_interrupt == "raise":  # the script ends, as on any Ctrl-C: nothing after fit runs
-        assert proc.returncode in (130, -signal.SIGINT), (proc.returncode, err)
+        assert proc.returncode != 0, err  # ended by the uncaught KeyboardInterrupt
         assert "CARRIED ON" not in out
         assert "KeyboardInterrupt: Training was interrupted (Ctrl-C)" in err
         assert f"{completed} epoch(s) finished" in err

@@ -908,7 +908,7 @@ class Run:
             if self.show:
                 tqdm.write(f"Interrupted during epoch {epoch}; returning the History so far.")
             return
-        # Exactly KeyboardInterrupt (a subclass would make Python exit with status 1, not 130)
+        # Exactly KeyboardInterrupt, which scripts and notebooks handle as any Ctrl-C
         interrupt = KeyboardInterrupt(
             f"Training was interrupted (Ctrl-C) during epoch {epoch}; {self.state.epoch} "
             "epoch(s) finished and the model keeps what it learned. The exception's .history "
