@@ -908,7 +908,7 @@ class Run:
             if self.show:
                 tqdm.write(f"Interrupted during epoch {epoch}; returning the History so far.")
             return
-        # Exactly KeyboardInterrupt, which scripts and notebooks handle as any Ctrl-C
+        # Exactly KeyboardInterrupt, which scripts and Jupyter handle as any Ctrl-C
         interrupt = KeyboardInterrupt(
             f"Training was interrupted (Ctrl-C) during epoch {epoch}; {self.state.epoch} "
             "epoch(s) finished and the model keeps what it learned. The exception's .history "
