@@ -798,10 +798,12 @@ def test_reference_pages_show_the_tables() -> None:
 # ------------------------------------------------------------------ the Japanese site
 
 
-#: The URL (under ja/ on the Japanese side) of each page translated as page.ja.md.
+#: The URL (under ja/ on the Japanese side) of each page translated as page.ja.md or
+#: page.ja.ipynb (the tutorial notebook).
 TRANSLATED = sorted(
-    re.sub(r"(^|/)index/$", r"\1", str(p.relative_to(DOCS)).removesuffix(".ja.md") + "/")
-    for p in DOCS.rglob("*.ja.md")
+    re.sub(r"(^|/)index/$", r"\1", re.sub(r"\.ja\.(md|ipynb)$", "/", str(p.relative_to(DOCS))))
+    for p in DOCS.rglob("*.ja.*")
+    if p.suffix in {".md", ".ipynb"}
 )
 CONFIG = re.compile(r'<script id="__config" type="application/json">(.*?)</script>', re.S)
 
@@ -823,7 +825,14 @@ def resolve(site: Path, page_url: str, href: str) -> Path:
 
 
 def test_translated_pages_are_found() -> None:
-    expected = ["", "getting-started/", "guide/training/", "guide/visualisation/", "guide/tasks/"]
+    expected = [
+        "",
+        "getting-started/",
+        "guide/training/",
+        "guide/visualisation/",
+        "guide/tasks/",
+        "tutorial/first-cnn/",
+    ]
     assert sorted(expected) == TRANSLATED
 
 
