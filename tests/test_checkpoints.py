@@ -280,7 +280,9 @@ def test_ctrl_c_writes_the_checkpoint_then_ends_the_script_or_returns(
     payload = load_checkpoint(tmp_path / "run.interrupted.pt")
     assert payload["interrupted"] is True and payload["epoch"] == completed
     if on_interrupt == "raise":  # the script ends, as on any Ctrl-C: nothing after fit runs
-        assert proc.returncode != 0, err  # ended by the uncaught KeyboardInterrupt
+        # ended by the uncaught KeyboardInterrupt: killed by SIGINT as Python does, or status 1
+        # on Python 3.11 when an exit handler imports a module (torch._dynamo's, after a step)
+        assert proc.returncode in {-signal.SIGINT, 128 + signal.SIGINT, 1}, err
         assert "CARRIED ON" not in out
         assert "KeyboardInterrupt: Training was interrupted (Ctrl-C)" in err
         assert f"{completed} epoch(s) finished" in err
