@@ -21,7 +21,7 @@ import pytest
 import torch
 from torch import nn
 from torch.optim import lr_scheduler as S
-from torch.utils.data import DataLoader, RandomSampler, Sampler, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, TensorDataset
 
 from convkit import (
     Callback,
@@ -346,6 +346,24 @@ def test_two_plus_two_epochs_equal_four_with_a_shuffling_dataloader(
     assert history.history == full.history
     for key, value in whole.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[key]), key
+
+
+def test_the_set_up_peek_draws_from_none_of_the_loader_s_generators(small_data: Any) -> None:
+    """fit looks at the first batch before training; a generator inside a batch sampler
+    must come out of that as untouched as the loader's own and its sampler's."""
+    dataset = TensorDataset(small_data[0][:64], small_data[1][:64])
+    generator = torch.Generator().manual_seed(3)
+    batches = BatchSampler(RandomSampler(dataset, generator=generator), 32, drop_last=False)
+    fit(
+        tiny_cnn(),
+        DataLoader(dataset, batch_sampler=batches),
+        epochs=1,
+        progress=False,
+        device="cpu",
+    )
+    reference = torch.Generator().manual_seed(3)
+    list(BatchSampler(RandomSampler(dataset, generator=reference), 32, drop_last=False))
+    assert torch.equal(generator.get_state(), reference.get_state())  # one epoch's draws
 
 
 class EveryOther(Sampler[int]):

@@ -42,6 +42,7 @@ __all__ = [
     "check_resumable",
     "data_generator",
     "keyed_callbacks",
+    "loader_generators",
     "report_resume",
     "rng_state",
     "scheduler_kind",
@@ -560,6 +561,17 @@ def _inexact(loader: DataLoader[Any], generators: list[torch.Generator]) -> str 
     return None
 
 
+def loader_generators(loader: DataLoader[Any]) -> list[torch.Generator]:
+    """The generators ``loader`` draws from, each once: its own (the workers' seeds), its
+    sampler's, and the sampler's inside its batch sampler."""
+    generators: list[torch.Generator] = []
+    for owner in (loader, loader.sampler, getattr(loader.batch_sampler, "sampler", None)):
+        found = getattr(owner, "generator", None)
+        if isinstance(found, torch.Generator) and all(found is not g for g in generators):
+            generators.append(found)
+    return generators
+
+
 def data_generator(data: Any, default: torch.Generator, *, resuming: bool) -> torch.Generator:
     """The generator that shuffles ``data``, whose state checkpoints save and restore.
 
@@ -572,11 +584,7 @@ def data_generator(data: Any, default: torch.Generator, *, resuming: bool) -> to
     """
     if not isinstance(data, DataLoader):
         return default
-    generators: list[torch.Generator] = []
-    for owner in (data, data.sampler, getattr(data.batch_sampler, "sampler", None)):
-        found = getattr(owner, "generator", None)
-        if isinstance(found, torch.Generator) and all(found is not g for g in generators):
-            generators.append(found)
+    generators = loader_generators(data)
     reason = _inexact(data, generators)
     if resuming and reason is not None:
         warnings.warn(

@@ -36,6 +36,7 @@ from torch.utils.data import (
     default_collate,
 )
 
+from ..checkpoints.restore import loader_generators
 from ..utils.probe import model_dtype_device
 from ..utils.typing import model_input_shape, takes_sample_shape
 
@@ -326,11 +327,7 @@ class LoaderBatches:
 @contextlib.contextmanager
 def _rng_untouched(loader: DataLoader[Any]) -> Iterator[None]:
     """Restore the generators a ``DataLoader`` draws its order from (and torch's global one)."""
-    generators = [
-        g
-        for g in (loader.generator, getattr(loader.sampler, "generator", None))
-        if isinstance(g, torch.Generator)
-    ]
+    generators = loader_generators(loader)
     states = [g.get_state() for g in generators]
     global_state = torch.get_rng_state()
     try:
