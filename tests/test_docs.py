@@ -34,10 +34,12 @@ from convkit.shapes import (
     conv_macs,
     conv_output_size,
     conv_params,
+    conv_transpose_output_size,
     pool_output_size,
     receptive_field,
     same_padding,
     summary,
+    tf_same_padding,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -265,10 +267,12 @@ def test_theory_says_which_formulas_are_shapes_functions() -> None:
     assert set(named) == {
         "conv_output_size",
         "same_padding",
+        "tf_same_padding",
         "conv_params",
         "pool_output_size",
         "receptive_field",
         "conv_macs",
+        "conv_transpose_output_size",
     }
     blocks = python_blocks(DOCS / "theory.md")
     for name in named:  # each is a convkit.shapes function the page's code calls
@@ -276,7 +280,7 @@ def test_theory_says_which_formulas_are_shapes_functions() -> None:
         assert any(f"{name}(" in block for block in blocks), name
     # the formulas that are not: named as such, never claimed as shapes functions
     rest = claim.replace("\n", "").split("それ以外の式")[1].split("の関数ではなく")[0]
-    for formula in ('"SAME"', "バッチ正規化", "逆伝播", "Grad-CAM", "転置畳み込み"):
+    for formula in ("バッチ正規化", "逆伝播", "Grad-CAM"):
         assert formula in rest, formula
     assert "式はすべて" not in THEORY
     for page in (DOCS / "index.md", DOCS / "index.ja.md", ROOT / "README.md"):
@@ -342,19 +346,14 @@ def test_every_numeric_answer_is_checked() -> None:
     assert sum(len(c) for c in checked) >= 28
 
 
-def tf_same_padding(size: int, kernel_size: int, stride: int, dilation: int = 1) -> tuple[int, int]:
-    """TensorFlow's "SAME" padding (before, after): the fewest zeros giving ceil(size / stride)."""
-    out = -(-size // stride)
-    total = max((out - 1) * stride + dilation * (kernel_size - 1) + 1 - size, 0)
-    return total // 2, total - total // 2
-
-
 def test_tf_same_padding_is_the_fewest_zeros_for_ceil_size_over_stride() -> None:
+    """TensorFlow's "SAME", as the theory page states it: the fewest zeros that give
+    ceil(size / stride) outputs, the smaller half before."""
     differ = 0
     for size, kernel, stride, dilation in itertools.product(
         range(5, 20), range(1, 6), range(1, 4), range(1, 3)
     ):
-        before, after = tf_same_padding(size, kernel, stride, dilation)
+        before, after = tf_same_padding(size, kernel, stride=stride, dilation=dilation)
         total = before + after
         out = conv_output_size(
             size, kernel, stride=stride, padding=(before, after), dilation=dilation
@@ -451,6 +450,7 @@ def test_theory_answer(text_and_expr: tuple[str, str]) -> None:
         "pool_output_size": pool_output_size, "same_padding": same_padding,
         "conv_params": conv_params, "conv_macs": conv_macs, "receptive_field": receptive_field,
         "summary": summary, "tf_same_padding": tf_same_padding,
+        "conv_transpose_output_size": conv_transpose_output_size,
     }  # fmt: skip
     assert eval(expr, namespace) is True, expr
     # the number the check verifies is the number the reader sees
