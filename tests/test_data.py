@@ -3,6 +3,7 @@ costs no second copy of the data."""
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -14,7 +15,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from convkit import build_cnn, evaluate, fit, predict
+from convkit import Callback, build_cnn, evaluate, fit, predict
 from convkit.train.data import Batching, LoaderBatches, TensorBatches, make_batches
 from convkit.train.devices import Runtime
 
@@ -273,12 +274,28 @@ def test_val_data_is_checked_before_any_work(small_data) -> None:
 # -------------------------------------------------- validation_split and num_workers
 
 
+class SharesStorage(Callback):
+    """Finds the run's batching objects and checks they hold ``inputs`` itself, no copy."""
+
+    def __init__(self, inputs: torch.Tensor) -> None:
+        self.inputs, self.found = inputs, {}
+
+    def on_train_begin(self, state) -> None:  # type: ignore[no-untyped-def]
+        gc.collect()
+        for obj in gc.get_objects():
+            if type(obj) is TensorBatches and obj.spec.rows is not None:
+                storage = obj.inputs.untyped_storage().data_ptr()
+                self.found[obj.spec.name] = storage == self.inputs.untyped_storage().data_ptr()
+
+
 def test_validation_split_is_a_seeded_split_without_copies(small_data) -> None:
     inputs, targets = small_data
     order = torch.randperm(300, generator=torch.Generator().manual_seed(0))
     val_rows, train_rows = order[:75].sort().values, order[75:].sort().values
     model = _tiny()
-    history = fit(model, (inputs, targets), validation_split=0.25, **CPU)
+    shared = SharesStorage(inputs)
+    history = fit(model, (inputs, targets), validation_split=0.25, callbacks=[shared], **CPU)
+    assert shared.found == {"train_data": True, "val_data": True}  # both read the caller's rows
     reference = _tiny()
     expected = fit(reference, (inputs[train_rows], targets[train_rows]),
                    val_data=(inputs[val_rows], targets[val_rows]), **CPU)  # fmt: skip

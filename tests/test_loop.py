@@ -158,9 +158,44 @@ def test_scheduler_class_that_needs_arguments_is_refused_before_any_work(small_d
     assert torch.equal(rng, torch.get_rng_state())  # seed=3 was not applied
 
 
+class SeesScheduler(Callback):
+    def __init__(self) -> None:
+        self.schedulers: list[object] = []
+
+    def on_train_begin(self, state) -> None:  # type: ignore[no-untyped-def]
+        self.schedulers.append(state.scheduler)
+
+
 def test_scheduler_class_with_only_the_optimizer_required_is_built(small_data) -> None:
-    fit(plain_cnn(), small_data, epochs=2, scheduler=torch.optim.lr_scheduler.ReduceLROnPlateau,
-        **CPU)  # fmt: skip
+    """A class is built on fit's optimizer with its defaults, and steps it."""
+    history = fit(plain_cnn(), small_data, epochs=3, optimizer="sgd", lr=0.3,
+                  scheduler=torch.optim.lr_scheduler.LinearLR, **CPU)  # fmt: skip
+    # LinearLR's defaults: a third of the lr, rising by (1 - 1/3) / 5 every epoch
+    assert history.learning_rates == pytest.approx([0.1, 0.14, 0.18])
+    seen = SeesScheduler()
+    history = fit(plain_cnn(), small_data, epochs=2, callbacks=[seen],
+                  scheduler=torch.optim.lr_scheduler.ReduceLROnPlateau, **CPU)  # fmt: skip
+    (plateau,) = seen.schedulers
+    assert isinstance(plateau, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    assert plateau.best == min(history["loss"])  # stepped with the loss (no val_data)
+
+
+def test_reduce_on_plateau_stepped_per_batch_is_refused_up_front(small_data) -> None:
+    """Issue 23.9: scheduler_interval="step" crashed after the first step (no metric)."""
+    model = plain_cnn()
+    before = _state(model)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for scheduler, opt in [
+        (plateau, "adam"),
+        (plateau(optimizer), optimizer),
+        (lambda o: plateau(o, patience=0), "adam"),
+    ]:
+        with pytest.raises(ValueError, match=r"`scheduler_interval`: ReduceLROnPlateau steps on"
+                           r".*once per epoch.*scheduler_interval='epoch'"):  # fmt: skip
+            fit(model, small_data, epochs=1, optimizer=opt, scheduler=scheduler,
+                scheduler_interval="step", **CPU)  # fmt: skip
+        assert _same(before, model.state_dict())
 
 
 def test_scheduler_on_another_optimizer_is_refused(small_data) -> None:

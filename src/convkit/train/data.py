@@ -322,6 +322,7 @@ class LoaderBatches:
         first = self.first()
         if first is not None and first.targets is not None:
             task.check_targets(self.spec.name, first.targets)
+        self._first = None  # not kept on the device for the whole run
 
 
 @contextlib.contextmanager

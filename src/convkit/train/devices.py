@@ -119,6 +119,11 @@ def resolve_device(device: DeviceLike = "auto") -> torch.device:
     )
 
 
+def accumulator_dtype(device: torch.device) -> torch.dtype:
+    """The dtype exact totals add up in on ``device``: float64, which MPS lacks."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def _autocast_dtype(precision: Any, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``precision`` on ``device`` (``None``: plain float32)."""
     if isinstance(precision, int) and not isinstance(precision, bool) and precision in (16, 32):
@@ -170,8 +175,7 @@ class Runtime:
         self.memory_format = (
             torch.channels_last if memory_format == "channels_last" else torch.contiguous_format
         )
-        # epoch totals add up in float64, which MPS lacks
-        self.accumulator = torch.float32 if self.device.type == "mps" else torch.float64
+        self.accumulator = accumulator_dtype(self.device)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.autocast_dtype is None:

@@ -696,6 +696,7 @@ class Run:
         rng = torch.get_rng_state()  # the shuffling seed draws from it
         try:
             self._prepare_data(train_data)
+            self._prepare_task()
             self._prepare_training()
             self.start = self._resume() if options.resume_from is not None else 1
         except BaseException:
@@ -706,7 +707,7 @@ class Run:
             seed_everything(options.seed)
 
     def _prepare_data(self, train_data: Any) -> None:
-        """The shuffling generator, the batches and the task, all checked against the model."""
+        """The shuffling generator and the batches, checked against the model."""
         o, ctx = self.options, self.ctx
         if ctx is not None:  # before any collective that a rank with other data would skip
             distributed.check_same_length(
@@ -757,6 +758,10 @@ class Run:
             self.generator = data_generator(
                 self.train.loader, self.generator, resuming=o.resume_from is not None
             )
+
+    def _prepare_task(self) -> None:
+        """The task, loss and metrics from the first batch; every target checked against them."""
+        o = self.options
         self.runtime.place(self.model)
         self.metrics = setup_task(
             self.model,

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..train.data import check_finite, convert
+from ..utils.probe import model_dtype_device
 
 __all__ = [
     "CONV_TYPES",
@@ -203,9 +204,7 @@ def sample_batch(model: nn.Module, x: Any, *, single: bool) -> torch.Tensor:
             f"Invalid value for argument `x`: a tensor of dtype {batch.dtype}. Expected "
             "floating-point inputs or uint8 images; convert it, e.g. x.float()."
         )
-    reference = next(iter(model.parameters()), None)
-    floating = reference is not None and reference.is_floating_point()
-    dtype = reference.dtype if reference is not None and floating else torch.float32
+    dtype, device = model_dtype_device(model)
     batch, _ = convert(batch, None, dtype)  # uint8 images scaled to [0, 1], as fit does
     check_finite("x", batch)
-    return batch.to(reference.device) if reference is not None else batch
+    return batch.to(device)

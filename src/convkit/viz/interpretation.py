@@ -20,8 +20,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, SequentialSampler, TensorDataset
 
 from ..train.data import convert, nonfinite_error
+from ..train.devices import accumulator_dtype
 from ..utils.display import html_table
-from ..utils.probe import eval_mode
+from ..utils.probe import eval_mode, model_dtype_device
 from ..utils.validation import check_positive_int
 from .plotting import grid_figure, new_figure, show_image
 
@@ -135,10 +136,8 @@ def _accumulate(model: nn.Module, batches: Batches) -> tuple[torch.Tensor, torch
     Everything stays on the model's device; targets outside ``[0, C)`` count in an
     extra last bin instead of failing on the device.
     """
-    reference = next(iter(model.parameters()), None)
-    device = reference.device if reference is not None else torch.device("cpu")
-    dtype = reference.dtype if reference is not None else torch.float32
-    acc_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS: no float64
+    dtype, device = model_dtype_device(model)
+    acc_dtype = accumulator_dtype(device)
     rows: list[torch.Tensor] = []
     counts: torch.Tensor | None = None
     num_classes = 0

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...utils.probe import probe_tensor
 from ...utils.typing import model_input_shape
 from ...utils.validation import check_bool, check_positive_int
 from .base import Callback, TrainState, check_path
@@ -169,10 +170,7 @@ class TensorBoard(Callback):
                 "model.input_shape = (C, H, W) (the shape of one sample), or pass "
                 "log_graph=False."
             )
-        param = next(model.parameters(), None)
-        dtype = param.dtype if param is not None and param.is_floating_point() else None
-        device = param.device if param is not None else None
-        example = torch.zeros(1, *shape, dtype=dtype, device=device)
+        example = probe_tensor(model, shape)  # one zero sample, the model's dtype and device
         with warnings.catch_warnings():
             # the tracer's deprecation and its warnings about Python-side shape checks
             # concern the traced program, which only draws the picture
