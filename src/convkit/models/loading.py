@@ -25,10 +25,7 @@ __all__ = ["load_model"]
 
 
 def load_model(
-    path: str | os.PathLike[str],
-    *,
-    map_location: str | torch.device = "cpu",
-    require_digest: bool = False,
+    path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu"
 ) -> nn.Module:
     """Rebuild a [`build_cnn`][convkit.build_cnn] model and its weights from a checkpoint.
 
@@ -41,8 +38,6 @@ def load_model(
         path: A checkpoint written by [`save_checkpoint`][convkit.save_checkpoint] or
             [`ModelCheckpoint`][convkit.ModelCheckpoint].
         map_location: Where the weights are loaded.
-        require_digest: Refuse a file without a digest (format version 1, convkit 0.1)
-            instead of loading it unverified with a warning.
 
     Returns:
         The model, in eval mode.
@@ -64,7 +59,7 @@ def load_model(
         ((4, 14, 14), False)
     """
     source = Path(path)
-    payload = read_checkpoint(source, map_location=map_location, require_digest=require_digest)
+    payload = read_checkpoint(source, map_location=map_location)
     config = payload["model_config"]
     if config is None:
         raise ValueError(
@@ -114,9 +109,8 @@ def _check_size(source: Path, config: dict[str, Any], stored: dict[str, torch.Te
     kernels = sum(1 for value in stored.values() if value.dim() >= 3)  # conv weights
     matrices = sum(1 for value in stored.values() if value.dim() == 2)  # linear weights
     if convs > kernels or linears > matrices:
-        asked: dict[str, Any] = {
-            k: config[k] for k in ("block", "channels", "depths", "stem", "hidden") if k in config
-        }
+        keys = ("block", "channels", "depths", "stem", "hidden")
+        asked: dict[str, Any] = {k: config[k] for k in keys if k in config}
         raise ValueError(
             f"{source} is not a consistent convkit checkpoint: its model_config asks for at "
             f"least {convs:,} convolutions and {linears:,} linear layers ({_brief(asked)}), "

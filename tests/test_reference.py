@@ -1,0 +1,88 @@
+"""The model side's API reference: public names only, each with an example that runs.
+
+The pages render with mkdocstrings' ``filters: public``, which keeps a module's
+``__all__``; griffe (what mkdocstrings reads) says here which names that renders. The
+examples themselves run as doctests (``--doctest-modules``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+import typing
+from pathlib import Path
+
+import griffe
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: Model-side reference pages and the module each renders.
+PAGES = {
+    "blocks": "convkit.layers.blocks",
+    "heads": "convkit.layers.heads",
+    "residual": "convkit.layers.residual",
+    "squeeze_excite": "convkit.layers.squeeze_excite",
+    "separable": "convkit.layers.separable",
+    "drop_path": "convkit.layers.drop_path",
+    "init": "convkit.layers.init",
+    "factory": "convkit.models.factory",
+    "loading": "convkit.models.loading",
+    "shapes": "convkit.shapes",
+}
+
+#: Helpers that leaked into the reference before (issue 25, item 7), model side.
+LEAKED = {
+    "convkit.models.factory": [
+        "assemble_cnn",
+        "plain_features",
+        "blocks_output_size",
+        "check_stack_fits",
+    ],
+    "convkit.layers.init": ["check_init"],
+}
+
+
+def _rendered(module: str) -> set[str]:
+    """The names mkdocstrings renders for ``module`` with ``filters: public``."""
+    loaded = griffe.load(module, search_paths=[str(ROOT / "src")])
+    return {name for name, member in loaded.members.items() if member.is_public}
+
+
+@pytest.mark.parametrize(("page", "module"), PAGES.items())
+def test_reference_pages_render_public_names_only(page: str, module: str) -> None:
+    text = (ROOT / "docs" / "reference" / f"{page}.md").read_text(encoding="utf-8")
+    assert re.search(rf"^::: {re.escape(module)}\n    options:\n      filters: public$", text, re.M)
+    assert _rendered(module) == set(importlib.import_module(module).__all__)
+    for name in LEAKED.get(module, []):
+        assert name not in _rendered(module)
+
+
+def _examples_missing(module: str) -> list[str]:
+    missing = []
+    mod = importlib.import_module(module)
+    for name in mod.__all__:
+        obj = getattr(mod, name)
+        if not (inspect.isclass(obj) or inspect.isfunction(obj)):
+            continue
+        if "Examples:" not in (inspect.getdoc(obj) or ""):
+            missing.append(name)
+        if inspect.isclass(obj) and typing.Protocol not in obj.__mro__:
+            for attr, value in vars(obj).items():
+                main = callable(value) and attr not in ("forward", "extra_repr")
+                documented = "Examples:" in (inspect.getdoc(value) or "")
+                if main and not attr.startswith("_") and not documented:
+                    missing.append(f"{name}.{attr}")
+    return missing
+
+
+@pytest.mark.parametrize("module", PAGES.values())
+def test_every_public_class_function_and_method_has_examples(module: str) -> None:
+    assert _examples_missing(module) == []
+
+
+def test_inits_is_documented() -> None:
+    init = griffe.load("convkit.layers.init", search_paths=[str(ROOT / "src")])
+    assert init["INITS"].docstring is not None
+    assert "init_weights" in init["INITS"].docstring.value
