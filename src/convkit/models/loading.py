@@ -25,7 +25,10 @@ __all__ = ["load_model"]
 
 
 def load_model(
-    path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu"
+    path: str | os.PathLike[str],
+    *,
+    map_location: str | torch.device = "cpu",
+    require_digest: bool = False,
 ) -> nn.Module:
     """Rebuild a [`build_cnn`][convkit.build_cnn] model and its weights from a checkpoint.
 
@@ -38,6 +41,8 @@ def load_model(
         path: A checkpoint written by [`save_checkpoint`][convkit.save_checkpoint] or
             [`ModelCheckpoint`][convkit.ModelCheckpoint].
         map_location: Where the weights are loaded.
+        require_digest: Refuse a file without a digest (format version 1, convkit 0.1)
+            instead of loading it unverified with a warning.
 
     Returns:
         The model, in eval mode.
@@ -59,7 +64,7 @@ def load_model(
         ((4, 14, 14), False)
     """
     source = Path(path)
-    payload = read_checkpoint(source, map_location=map_location)
+    payload = read_checkpoint(source, map_location=map_location, require_digest=require_digest)
     config = payload["model_config"]
     if config is None:
         raise ValueError(
