@@ -1,7 +1,7 @@
 """The model side's API reference: public names only, each with an example that runs.
 
-The pages render with mkdocstrings' ``filters: public``, which keeps a module's
-``__all__``; griffe (what mkdocstrings reads) says here which names that renders. The
+The site renders with mkdocstrings' ``filters: public`` (mkdocs.yml), which keeps a
+module's ``__all__``; griffe (what mkdocstrings reads) says here which names that renders. The
 examples themselves run as doctests (``--doctest-modules``).
 """
 
@@ -53,10 +53,16 @@ def _rendered(module: str) -> set[str]:
     }
 
 
+def test_the_reference_filters_by_all() -> None:
+    config = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    assert re.search(r"^            filters: public\b", config, re.M)
+
+
 @pytest.mark.parametrize(("page", "module"), PAGES.items())
 def test_reference_pages_render_public_names_only(page: str, module: str) -> None:
     text = (ROOT / "docs" / "reference" / f"{page}.md").read_text(encoding="utf-8")
-    assert re.search(rf"^::: {re.escape(module)}\n    options:\n      filters: public$", text, re.M)
+    assert re.search(rf"^::: {re.escape(module)}$", text, re.M)
+    assert "filters:" not in text  # the site-wide filters: public applies
     assert _rendered(module) == set(importlib.import_module(module).__all__)
     for name in LEAKED.get(module, []):
         assert name not in _rendered(module)
