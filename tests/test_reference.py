@@ -7,6 +7,7 @@ examples themselves run as doctests (``--doctest-modules``).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import re
@@ -44,10 +45,16 @@ LEAKED = {
 }
 
 
+@functools.cache
+def _package() -> griffe.Module:
+    """convkit as griffe (what mkdocstrings reads) sees it, loaded once."""
+    return griffe.load("convkit", search_paths=[str(ROOT / "src")])
+
+
 def _rendered(module: str) -> set[str]:
     """The names mkdocstrings renders for ``module`` with ``filters: public`` (submodules
     are not rendered: ``show_submodules`` is off)."""
-    loaded = griffe.load(module, search_paths=[str(ROOT / "src")])
+    loaded = _package()[module.removeprefix("convkit.")]
     return {
         name for name, member in loaded.members.items() if member.is_public and not member.is_module
     }
@@ -92,6 +99,6 @@ def test_every_public_class_function_and_method_has_examples(module: str) -> Non
 
 
 def test_inits_is_documented() -> None:
-    init = griffe.load("convkit.layers.init", search_paths=[str(ROOT / "src")])
+    init = _package()["layers.init"]
     assert init["INITS"].docstring is not None
     assert "init_weights" in init["INITS"].docstring.value
