@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..shapes import output_size as stack_output_size
-from ..shapes import same_padding
+from ..shapes.formulas import padding_pairs
 from ..utils.typing import IntOrTuple, LayerSpec, Padding
 from ..utils.validation import (
     check_dims,
@@ -69,21 +69,14 @@ class Flatten(nn.Flatten):
 _SPATIAL_NAMES = {1: "L", 2: "H, W", 3: "D, H, W"}
 
 
-def _resolve_padding(
-    padding: Padding, kernel: tuple[int, ...], dilation: tuple[int, ...]
-) -> tuple[tuple[int, int], ...]:
-    """``(before, after)`` zeros for each spatial dimension."""
-    if isinstance(padding, str):
-        if padding == "valid":
-            return ((0, 0),) * len(kernel)
-        if padding == "same":
-            return tuple(same_padding(k, dilation=d) for k, d in zip(kernel, dilation, strict=True))
+def check_block_input(block: Any, input: torch.Tensor) -> None:
+    """Raise unless ``input`` is ``(N, block.in_channels, *spatial)`` with ``block.dims``
+    spatial dimensions, naming the full input shape."""
+    if input.dim() != block.dims + 2 or input.shape[1] != block.in_channels:
         raise ValueError(
-            "Invalid value for argument `padding`. Expected 'same', 'valid', a non-negative "
-            f"int or one per spatial dimension. Received padding={padding!r}."
+            f"{type(block).__name__} expected input of shape (N, {block.in_channels}, "
+            f"{_SPATIAL_NAMES[block.dims]}); received a tensor of shape {tuple(input.shape)}."
         )
-    pads = check_int_or_tuple("padding", padding, len(kernel), allow_zero=True)
-    return tuple((p, p) for p in pads)
 
 
 def _active_stages(order: str, settings: dict[str, Any]) -> list[str]:
@@ -215,7 +208,7 @@ class ConvBlock(nn.Sequential):
             "dilation": check_int_or_tuple("dilation", dilation, dims),
             "groups": check_groups(in_channels, out_channels, groups),
         }
-        pads = _resolve_padding(padding, conv_args["kernel_size"], conv_args["dilation"])
+        pads = padding_pairs(padding, conv_args["kernel_size"], conv_args["dilation"])
         check_optional_bool("bias", bias, "no bias when a norm follows the conv")
         check_norm("norm", norm, CONV_NORMS[dims], dims=dims)
         check_act("act", act)
@@ -279,12 +272,7 @@ class ConvBlock(nn.Sequential):
         return stack_output_size(self, size)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if input.dim() != self.dims + 2 or input.shape[1] != self.in_channels:
-            raise ValueError(
-                f"ConvBlock expected input of shape (N, {self.in_channels}, "
-                f"{_SPATIAL_NAMES[self.dims]}); received a tensor of shape "
-                f"{tuple(input.shape)}."
-            )
+        check_block_input(self, input)
         x = input
         for module in self:
             x = module(x)

@@ -1,9 +1,10 @@
 """Name -> layer lookup for convolutions, norms, activations, pooling and dropout.
 
-One small table per kind and per number of spatial dimensions (1, 2 or 3), after
-timm's ``create_act.py``. Every resolver accepts a name, a class or factory, or
-``None`` (the stage is switched off), and an unknown name raises a ``ValueError`` that
-lists the valid ones.
+One small table per kind, after timm's ``create_act.py``; which torch class serves each
+number of spatial dimensions (1, 2 or 3) is read from the one table of them,
+``convkit.shapes.torch_layers``. Every resolver accepts a
+name, a class or factory, or ``None`` (the stage is switched off), and an unknown name
+raises a ``ValueError`` that lists the valid ones.
 """
 
 from __future__ import annotations
@@ -17,12 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..shapes import torch_layers as T
 from ..utils.typing import LayerSpec
-
-#: Spatial dimensions a block can have: 1 (sequences), 2 (images), 3 (volumes).
-DIMS = (1, 2, 3)
-
-CONVS: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -60,9 +57,7 @@ def _conv_norms(
 
 #: Norms over the channels of a ``dims``-D feature map ``(N, C, *spatial)``.
 CONV_NORMS: dict[int, dict[str, Callable[[int], nn.Module]]] = {
-    1: _conv_norms(nn.BatchNorm1d, nn.InstanceNorm1d),
-    2: _conv_norms(nn.BatchNorm2d, nn.InstanceNorm2d),
-    3: _conv_norms(nn.BatchNorm3d, nn.InstanceNorm3d),
+    dims: _conv_norms(T.BATCH_NORM[dims], T.INSTANCE_NORM[dims]) for dims in T.CONV
 }
 
 #: Norms over the features of a fully connected layer's output ``(N, F)``.
@@ -71,23 +66,18 @@ FEATURE_NORMS: dict[str, Callable[[int], nn.Module]] = {
     "layer": nn.LayerNorm,
 }
 
+#: Pooling by name, per number of spatial dimensions.
 POOLS: dict[int, dict[str, type[nn.Module]]] = {
-    1: {"max": nn.MaxPool1d, "avg": nn.AvgPool1d},
-    2: {"max": nn.MaxPool2d, "avg": nn.AvgPool2d},
-    3: {"max": nn.MaxPool3d, "avg": nn.AvgPool3d},
+    dims: {"max": T.MAX_POOL[dims], "avg": T.AVG_POOL[dims]} for dims in T.CONV
 }
 
 #: Dropout of whole channels, per number of spatial dimensions.
-DROPOUTS: dict[int, type[nn.Module]] = {1: nn.Dropout1d, 2: nn.Dropout2d, 3: nn.Dropout3d}
+DROPOUTS = T.DROPOUT
 
 # torch's norms that only accept inputs with a given number of spatial dimensions.
 _DIM_BOUND_NORMS: dict[type[nn.Module], tuple[int, str]] = {
-    nn.BatchNorm1d: (1, "batch"),
-    nn.BatchNorm2d: (2, "batch"),
-    nn.BatchNorm3d: (3, "batch"),
-    nn.InstanceNorm1d: (1, "instance"),
-    nn.InstanceNorm2d: (2, "instance"),
-    nn.InstanceNorm3d: (3, "instance"),
+    **{cls: (dims, "batch") for dims, cls in T.BATCH_NORM.items()},
+    **{cls: (dims, "instance") for dims, cls in T.INSTANCE_NORM.items()},
 }
 
 
@@ -152,7 +142,7 @@ def create_conv(
     """
     dims = len(padding)
     if all(before == after for before, after in padding):
-        return CONVS[dims](
+        return T.CONV[dims](
             in_channels, out_channels, padding=tuple(b for b, _ in padding), **kwargs
         )
     conv: Any = _PADDED_CONVS[dims](in_channels, out_channels, padding=0, **kwargs)
@@ -304,17 +294,23 @@ def create_norm(
     return layer
 
 
+def _check_name(arg: str, value: Any, names: Sequence[str], none_means: str = "") -> None:
+    """Raise unless ``value`` is one of ``names`` or ``None``."""
+    if value is None:
+        return
+    listed = f"{', '.join(map(repr, names))} or None{none_means}"
+    if not isinstance(value, str):
+        raise TypeError(
+            f"Invalid type for argument `{arg}`. Expected {listed}. "
+            f"Received {arg}={value!r} of type {type(value).__name__}."
+        )
+    if value not in names:
+        raise _unknown(arg, value, dict.fromkeys(names), f" or None{none_means}")
+
+
 def check_pool(arg: str, pool: Any) -> None:
     """Raise unless ``pool`` is ``"max"``, ``"avg"`` or ``None``."""
-    if pool is None:
-        return
-    if not isinstance(pool, str):
-        raise TypeError(
-            f"Invalid type for argument `{arg}`. Expected 'max', 'avg' or None. "
-            f"Received {arg}={pool!r} of type {type(pool).__name__}."
-        )
-    if pool not in POOLS[2]:
-        raise _unknown(arg, pool, POOLS[2], " or None")
+    _check_name(arg, pool, tuple(POOLS[2]))
 
 
 def create_pool(arg: str, pool: str | None, pool_size: tuple[int, ...]) -> nn.Module | None:
@@ -329,9 +325,7 @@ def create_pool(arg: str, pool: str | None, pool_size: tuple[int, ...]) -> nn.Mo
 
 #: Global pooling to size 1 over every spatial position: average and max, per dims.
 GLOBAL_POOLS: dict[int, dict[str, type[nn.Module]]] = {
-    1: {"avg": nn.AdaptiveAvgPool1d, "max": nn.AdaptiveMaxPool1d},
-    2: {"avg": nn.AdaptiveAvgPool2d, "max": nn.AdaptiveMaxPool2d},
-    3: {"avg": nn.AdaptiveAvgPool3d, "max": nn.AdaptiveMaxPool3d},
+    dims: {"avg": T.ADAPTIVE_AVG_POOL[dims], "max": T.ADAPTIVE_MAX_POOL[dims]} for dims in T.CONV
 }
 
 #: The ``head_pool`` names.
@@ -357,15 +351,7 @@ class AvgMaxPool(nn.Module):
 
 def check_global_pool(arg: str, kind: Any) -> None:
     """Raise unless ``kind`` is ``"avg"``, ``"max"``, ``"avgmax"`` or ``None``."""
-    if kind is None:
-        return
-    if not isinstance(kind, str):
-        raise TypeError(
-            f"Invalid type for argument `{arg}`. Expected 'avg', 'max', 'avgmax' or None. "
-            f"Received {arg}={kind!r} of type {type(kind).__name__}."
-        )
-    if kind not in HEAD_POOLS:
-        raise _unknown(arg, kind, dict.fromkeys(HEAD_POOLS), " or None (flatten instead)")
+    _check_name(arg, kind, HEAD_POOLS, " (flatten instead)")
 
 
 def create_global_pool(arg: str, kind: str | None, dims: int) -> nn.Module | None:

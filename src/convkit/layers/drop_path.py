@@ -92,6 +92,17 @@ class DropPath(nn.Module):
         self.p = p
         self.mode = mode
 
+    def spatial_path(self) -> list[nn.Module]:
+        """``[]``: it keeps every position where it is (the
+        [`SpatialPath`][convkit.shapes.SpatialPath] protocol of ``convkit.shapes``).
+
+        Examples:
+            >>> from convkit.shapes import output_size
+            >>> output_size(DropPath(0.1), (7, 9))
+            (7, 9)
+        """
+        return []
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return drop_path(input, self.p, mode=self.mode, training=self.training)
 

@@ -9,20 +9,23 @@ adds the zero-initialised last norm of each residual branch from Goyal et al.,
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from torch import nn
+
+from ..shapes import torch_layers as T
 
 __all__ = ["INITS", "ZeroInitLast", "init_weights"]
 
 INITS = ("torch", "kaiming", "zero_last")
 """The accepted values of ``init=`` (``build_cnn``, ``ResidualBlock``, ``init_weights``):
-``"torch"`` keeps PyTorch's own initialisation, ``"kaiming"`` draws conv and linear
-weights with He et al.'s normal initialisation for ReLU, and ``"zero_last"`` does that
-and also zeroes the last norm's scale in each residual branch, so a block starts as its
-shortcut (Goyal et al., 2017)."""
+``"torch"`` keeps PyTorch's own initialisation, ``"kaiming"`` draws the convolutions'
+weights with He et al.'s normal initialisation for ReLU (``nn.Linear`` layers keep
+theirs) and sets the norms to weight 1, bias 0, and ``"zero_last"`` does that and also
+zeroes the last norm's scale in each residual branch, so a block starts as its shortcut
+(Goyal et al., 2017)."""
 
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_CONVS = tuple(T.CONV.values())
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
 
 
@@ -33,6 +36,11 @@ class ZeroInitLast(Protocol):
     [`ResidualBlock`][convkit.ResidualBlock] implements it: ``zero_init_last`` zeroes
     the scale of the last norm in the branch (or the last conv's weight where no norm
     ends the branch, as in pre-activation blocks).
+
+    Examples:
+        >>> from convkit import ResidualBlock
+        >>> isinstance(ResidualBlock(8, 8), ZeroInitLast)
+        True
     """
 
     def zero_init_last(self) -> None:
@@ -87,9 +95,10 @@ def init_weights(module: nn.Module, init: str = "kaiming") -> nn.Module:
         return module
     for layer in module.modules():
         if isinstance(layer, _CONVS):
-            nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
-            if layer.bias is not None:
-                nn.init.zeros_(layer.bias)
+            conv: Any = layer
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            if conv.bias is not None:
+                nn.init.zeros_(conv.bias)
         elif isinstance(layer, _NORMS) and layer.weight is not None:
             nn.init.ones_(layer.weight)
             nn.init.zeros_(layer.bias)

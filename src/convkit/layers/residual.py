@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..shapes import output_size as stack_output_size
 from ..utils.typing import IntOrTuple, LayerSpec
 from ..utils.validation import (
     check_bool,
@@ -25,7 +26,7 @@ from ..utils.validation import (
     check_positive_int,
     check_probability,
 )
-from .blocks import _SPATIAL_NAMES, ConvBlock
+from .blocks import ConvBlock, check_block_input
 from .create import CONV_NORMS, POOLS, check_act, check_norm, create_act
 from .drop_path import DropPath
 from .init import check_init, init_weights
@@ -240,7 +241,13 @@ class ResidualBlock(nn.Module):
         return nn.Sequential(OrderedDict(stages))
 
     def branch_blocks(self) -> list[ConvBlock]:
-        """The branch's [`ConvBlock`][convkit.ConvBlock]s in order (``conv1``, ...)."""
+        """The branch's [`ConvBlock`][convkit.ConvBlock]s in order (``conv1``, ...).
+
+        Examples:
+            >>> [block.conv.kernel_size for block in ResidualBlock(64, 64, bottleneck=True)
+            ...  .branch_blocks()]
+            [(1, 1), (3, 3), (1, 1)]
+        """
         return [m for name, m in self.named_children() if name.startswith("conv")]  # type: ignore[misc]
 
     def spatial_path(self) -> list[nn.Module]:
@@ -249,6 +256,14 @@ class ResidualBlock(nn.Module):
         The [`SpatialPath`][convkit.shapes.SpatialPath] protocol of
         [`convkit.shapes`][convkit.shapes]: its stack formulas follow the branch and
         leave out the shortcut, which runs beside it.
+
+        Examples:
+            >>> from convkit.shapes import receptive_field
+            >>> block = ResidualBlock(8, 16, stride=2)
+            >>> block.spatial_path() == block.branch_blocks()
+            True
+            >>> receptive_field(block)  # two 3x3 convs, the first with stride 2
+            (7, 7)
         """
         return list(self.branch_blocks())
 
@@ -257,6 +272,13 @@ class ResidualBlock(nn.Module):
 
         The branch then outputs zeros and the block starts as its shortcut
         (``init="zero_last"``).
+
+        Examples:
+            >>> block = ResidualBlock(4, 4).eval()
+            >>> block.zero_init_last()
+            >>> x = torch.randn(1, 4, 5, 5)
+            >>> torch.equal(block(x), torch.relu(x))  # relu(shortcut + 0)
+            True
         """
         last = self.branch_blocks()[-1]
         name, final = list(last.named_children())[-1]
@@ -268,25 +290,18 @@ class ResidualBlock(nn.Module):
     def output_size(self, size: tuple[int, ...]) -> tuple[int, ...]:
         """Spatial size of the output for an input of spatial size ``size``.
 
-        ``ceil(size / stride)`` per dimension, from the branch's
-        [`ConvBlock.output_size`][convkit.layers.blocks.ConvBlock.output_size] (the shortcut
-        runs beside the branch and gives the same size).
+        ``ceil(size / stride)`` per dimension, from
+        [`convkit.shapes.output_size`][convkit.shapes.output_size], which follows the
+        branch (the shortcut runs beside it and gives the same size).
 
         Examples:
             >>> ResidualBlock(8, 8, stride=2).output_size((15, 16))
             (8, 8)
         """
-        for block in self.branch_blocks():
-            size = block.output_size(size)
-        return size
+        return stack_output_size(self, size)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if input.dim() != self.dims + 2 or input.shape[1] != self.in_channels:
-            raise ValueError(
-                f"ResidualBlock expected input of shape (N, {self.in_channels}, "
-                f"{_SPATIAL_NAMES[self.dims]}); received a tensor of shape "
-                f"{tuple(input.shape)}."
-            )
+        check_block_input(self, input)
         first, *rest = self.branch_blocks()
         x = out = input
         for name, stage in first.named_children():

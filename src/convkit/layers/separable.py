@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..shapes import output_size as stack_output_size
 from ..utils.typing import IntOrTuple, LayerSpec, Padding
 from ..utils.validation import check_dims, check_positive_int
 from .blocks import ConvBlock
@@ -130,7 +131,7 @@ class SeparableConv(nn.Sequential):
             >>> SeparableConv(8, 16, stride=2).output_size((15, 15))
             (8, 8)
         """
-        return self.depthwise.output_size(size)
+        return stack_output_size(self, size)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         x = self.depthwise(input)  # (N, C_in, *size) -> (N, C_in * m, *size')

@@ -114,9 +114,8 @@ def _check_size(source: Path, config: dict[str, Any], stored: dict[str, torch.Te
     kernels = sum(1 for value in stored.values() if value.dim() >= 3)  # conv weights
     matrices = sum(1 for value in stored.values() if value.dim() == 2)  # linear weights
     if convs > kernels or linears > matrices:
-        asked: dict[str, Any] = {
-            k: config[k] for k in ("block", "channels", "depths", "stem", "hidden") if k in config
-        }
+        keys = ("block", "channels", "depths", "stem", "hidden")
+        asked: dict[str, Any] = {k: config[k] for k in keys if k in config}
         raise ValueError(
             f"{source} is not a consistent convkit checkpoint: its model_config asks for at "
             f"least {convs:,} convolutions and {linears:,} linear layers ({_brief(asked)}), "

@@ -10,7 +10,7 @@ receptive fields is a function here, checked against ``torch.nn`` layers by the 
 - ``walk``: the one walk over a model's layers that every stack function reads
   (``output_size``, ``layer_output_size``, ``min_input_size``, ``SpatialPath``);
 - ``receptive``: ``receptive_field``, and where one unit's field lies;
-- ``summary``: the per-layer table.
+- ``table``: ``summary``, the per-layer table.
 
 The stack functions work on 1-D, 2-D and 3-D layers alike.
 """

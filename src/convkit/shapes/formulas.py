@@ -163,6 +163,25 @@ def same_padding(kernel_size: int, *, dilation: int = 1) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
+def padding_pairs(
+    padding: str | int | tuple[int, ...], kernel: tuple[int, ...], dilation: tuple[int, ...]
+) -> tuple[tuple[int, int], ...]:
+    """``(before, after)`` zeros per spatial dimension for a convolution's ``padding``:
+    ``"valid"``, ``"same"`` ([`same_padding`][convkit.shapes.same_padding]), an int, or
+    one int per dimension."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return ((0, 0),) * len(kernel)
+        if padding == "same":
+            return tuple(same_padding(k, dilation=d) for k, d in zip(kernel, dilation, strict=True))
+        raise ValueError(
+            "Invalid value for argument `padding`. Expected 'same', 'valid', a non-negative "
+            f"int or one per spatial dimension. Received padding={padding!r}."
+        )
+    pads = check_int_or_tuple("padding", padding, len(kernel), allow_zero=True)
+    return tuple((p, p) for p in pads)
+
+
 def tf_same_padding(
     size: int, kernel_size: int, *, stride: int = 1, dilation: int = 1
 ) -> tuple[int, int]:

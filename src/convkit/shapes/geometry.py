@@ -1,6 +1,6 @@
 """How one layer maps positions along each spatial dimension: the layer geometry.
 
-For every layer a stack function meets, [`geometry`][convkit.shapes.geometry.geometry]
+For every layer a stack function meets, ``geometry(layer)``
 gives a ``Geometry`` that answers, per spatial dimension ``d``:
 
 - ``length(d, n)``: the output length for an input of length ``n`` (below 1: too small);
@@ -29,7 +29,12 @@ from torch import nn
 
 from ..utils.validation import check_int_or_tuple
 from . import torch_layers as T
-from .formulas import conv_output_size, conv_transpose_output_size, pool_output_size, same_padding
+from .formulas import (
+    conv_output_size,
+    conv_transpose_output_size,
+    padding_pairs,
+    pool_output_size,
+)
 
 __all__ = ["ElementWise", "Geometry", "geometry"]
 
@@ -419,26 +424,13 @@ class Chain(Geometry):
 # ------------------------------------------------------------------ layer -> geometry
 
 
-def _conv_padding(
-    layer: Any, dims: int, kernel: tuple[int, ...], dilation: tuple[int, ...]
-) -> Pairs:
-    """``(before, after)`` positions per dimension that a convolution pads."""
-    explicit = getattr(layer, "padding_per_dim", None)  # a conv after a fixed zero pad
-    if explicit is not None:
-        return tuple(explicit)
-    if layer.padding == "valid":
-        return ((0, 0),) * dims
-    if layer.padding == "same":  # torch's own "same" (stride 1 only)
-        return tuple(same_padding(k, dilation=d) for k, d in zip(kernel, dilation, strict=True))
-    pads = check_int_or_tuple("padding", layer.padding, dims, allow_zero=True)
-    return tuple((p, p) for p in pads)
-
-
 def _conv(layer: Any, dims: int) -> Geometry:
     kernel = check_int_or_tuple("kernel_size", layer.kernel_size, dims)
     dilation = check_int_or_tuple("dilation", layer.dilation, dims)
     stride = check_int_or_tuple("stride", layer.stride, dims)
-    padding = _conv_padding(layer, dims, kernel, dilation)
+    # a conv after a fixed zero pad (convkit's AsymmetricPadConv) says so itself
+    explicit = getattr(layer, "padding_per_dim", None)
+    padding = tuple(explicit) if explicit else padding_pairs(layer.padding, kernel, dilation)
     if layer.padding_mode == "zeros":
         return Window(dims, kernel, stride, dilation, padding)
     # reflect / replicate / circular: F.pad with that mode, then the unpadded window

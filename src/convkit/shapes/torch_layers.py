@@ -28,9 +28,6 @@ __all__ = [
     "spatial_dims",
 ]
 
-#: Spatial dimensions a layer can have: 1 (sequences), 2 (images), 3 (volumes).
-DIMS = (1, 2, 3)
-
 CONV: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 CONV_TRANSPOSE: dict[int, type[nn.Module]] = {
     1: nn.ConvTranspose1d,

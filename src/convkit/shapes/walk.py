@@ -1,6 +1,6 @@
 """The one layer walk: the layers a model's output size and receptive field go through.
 
-``walk`` lists a model's leaf layers in registration order,
+``walk(model)`` lists a model's leaf layers in registration order,
 which is the order of computation for sequential models such as
 [`ConvBlock`][convkit.ConvBlock] (in any ``order``) and those
 [`build_cnn`][convkit.build_cnn] makes, and follows a block's
@@ -175,7 +175,7 @@ def layer_output_size(layer: nn.Module, size: Sequence[int]) -> tuple[int, ...]:
 def output_size(layers: nn.Module | Sequence[nn.Module], size: Sequence[int]) -> tuple[int, ...]:
     """Spatial output size of a stack of layers, applied in order.
 
-    The layers are those of ``walk``: registration order, which
+    The layers are those of the one layer walk: registration order, which
     is the order of computation for sequential models such as
     [`ConvBlock`][convkit.ConvBlock] (in any ``order``) and those
     [`build_cnn`][convkit.build_cnn] makes, following a block's
