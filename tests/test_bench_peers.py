@@ -260,10 +260,13 @@ def test_render_redraws_from_the_json_and_rechecks_the_targets(
     assert "![steady-state epoch" in (tmp_path / "peers-cpu.md").read_text()
 
 
-def test_fewer_than_two_rounds_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("option", ["--rounds", "--epochs"])
+def test_fewer_than_two_rounds_or_epochs_are_refused(
+    option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit):
-        bench.main(["--rounds", "1"])
-    assert "--rounds must be at least 2" in capsys.readouterr().err
+        bench.main([option, "1"])
+    assert f"{option} must be at least 2" in capsys.readouterr().err
 
 
 def test_an_unknown_contender_is_refused() -> None:
