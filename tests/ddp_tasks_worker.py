@@ -54,8 +54,10 @@ def main(out: str, task: str) -> None:
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump(history.to_dict(), f)
     if torch.distributed.is_initialized():
-        # an orderly end: gloo's threads left running at interpreter exit can abort the
-        # process ("terminate called without an active exception")
+        # an orderly end, both ranks together: a rank that tears gloo down while the other
+        # still finishes its last collective, or gloo's threads left running at interpreter
+        # exit, can abort the process ("terminate called without an active exception")
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 
