@@ -121,6 +121,32 @@ def test_sweep_steps_at_exponential_rates_and_smooths_with_bias_correction(
     assert result.stop == "num_iter"
 
 
+def test_an_optimizer_with_its_own_scheduler_sweeps_from_start_lr(
+    small_data: tuple[torch.Tensor, torch.Tensor],
+) -> None:
+    # a scheduler made on the optimizer left `initial_lr` in its groups, where LambdaLR
+    # would take its base rate from instead of the group's `lr`
+    model = _tiny_cnn()
+    optimizer = RecordingSGD(model.parameters(), lr=0.1)
+    torch.optim.lr_scheduler.StepLR(optimizer, step_size=5)
+    groups = copy.deepcopy(optimizer.state_dict()["param_groups"])
+    inputs, targets = small_data
+    result = lr_find(
+        model,
+        (inputs[:64], targets[:64]),
+        optimizer=optimizer,
+        start_lr=1e-6,
+        end_lr=1e-2,
+        num_iter=10,
+        early_stop_threshold=None,
+        batch_size=16,
+        device="cpu",
+    )
+    assert optimizer.seen == pytest.approx(result.lrs, rel=1e-12)  # the rates it recorded
+    assert optimizer.seen[0] == pytest.approx(1e-6) and optimizer.seen[-1] == pytest.approx(1e-2)
+    assert optimizer.state_dict()["param_groups"] == groups  # `initial_lr` 0.1 put back
+
+
 def test_a_diverging_loss_stops_the_sweep(small_data: tuple[torch.Tensor, torch.Tensor]) -> None:
     kwargs: dict[str, Any] = {"num_iter": 60, "batch_size": 32, "device": "cpu", "seed": 0}
     sgd = {"optimizer": "sgd", "start_lr": 1e-4, "end_lr": 1e4}

@@ -385,7 +385,9 @@ def lr_find(
 
     def exponential(opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
         for group in opt.param_groups:
-            group["lr"] = start_lr  # LambdaLR multiplies each group's rate by factor(step)
+            # LambdaLR multiplies each group's base rate by factor(step), and takes that
+            # rate from `initial_lr` where an earlier scheduler on the optimizer left one
+            group["lr"] = group["initial_lr"] = start_lr
         return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
     sweep = _Sweep(float(start_lr), factor, num_iter, float(beta), early_stop_threshold)
