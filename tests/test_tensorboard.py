@@ -217,6 +217,30 @@ def test_arguments_are_checked(kwargs, error, pattern) -> None:
         TensorBoard(**kwargs)
 
 
+class BatchCounter(Callback):
+    def __init__(self) -> None:
+        self.batches = 0
+
+    def on_batch_end(self, state) -> None:  # type: ignore[no-untyped-def]
+        self.batches += 1
+
+
+@pytest.mark.parametrize("where", [".", "sub"])
+def test_a_log_dir_that_cant_be_a_folder_is_refused_before_the_first_batch(
+    where: str, small_data, tmp_path: Path
+) -> None:
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    log_dir = tmp_path / "notes.txt" / where
+    model = tiny_cnn()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    counter = BatchCounter()
+    with pytest.raises(ValueError, match=r"`log_dir` of TensorBoard.*notes\.txt is a file"):
+        fit(model, small_data, epochs=1, device="cpu", callbacks=[counter, TensorBoard(log_dir)])
+    assert counter.batches == 0
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert (tmp_path / "notes.txt").read_text() == "a file, not a folder"
+
+
 def test_without_tensorboard_the_message_names_the_extra(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if not installed
     with pytest.raises(ImportError, match=r'pip install "torch-convkit\[tensorboard\]"'):

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...checkpoints.files import unwritable_reason
 from ...utils.probe import probe_tensor
 from ...utils.typing import model_input_shape
 from ...utils.validation import check_bool, check_positive_int
@@ -155,11 +156,22 @@ class TensorBoard(Callback):
             )
         if not state.is_main:
             return
+        self._check_log_dir()
         self._steps_per_epoch = state.steps_per_epoch or 0
         first = state.epoch + 1  # 1 for a fresh run: an earlier run's events are hidden
         self._purge = {"train": first, "validation": first, "steps": self._step(first, 0)}
         if self.log_graph:
             self._write_graph(state.model)
+
+    def _check_log_dir(self) -> None:
+        """Refuse a ``log_dir`` that can't hold event files, before the first batch."""
+        reason = unwritable_reason(self.log_dir / "train" / "events.out.tfevents")
+        if reason is not None:
+            raise ValueError(
+                f"Invalid value for argument `log_dir` of TensorBoard: can't write event "
+                f"files in {os.fspath(self.log_dir)!r}: {reason}. Pass a folder you can "
+                "write to, e.g. 'runs/mnist'."
+            )
 
     def _write_graph(self, model: nn.Module) -> None:
         shape = model_input_shape(model)
