@@ -6,6 +6,7 @@ PyTorch's (the largest difference measured on these networks is below 1e-6).
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +180,53 @@ class Bessel(nn.Module):
 def _with(layer: nn.Module) -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.ReLU(), layer), nn.Linear(4, 2))
+
+
+def _onnx_opset(path: Path) -> int:
+    onnx = pytest.importorskip("onnx")
+    return next(o.version for o in onnx.load(str(path)).opset_import if o.domain == "")
+
+
+def test_an_opset_newer_than_onnx_knows_is_refused_before_any_work(tmp_path: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    newest = onnx.defs.onnx_opset_version()
+    model = build_cnn((2, 16), 3, channels=(4,), hidden=())
+    before = _snapshot(model)
+    with pytest.raises(
+        ValueError, match=rf"`opset_version`: .*up to {newest}\. Received opset_version=99"
+    ):
+        export(model, tmp_path / "m.onnx", opset_version=99)
+    _assert_untouched(model, before)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_an_opset_the_exporter_cant_convert_to_is_refused_not_replaced(tmp_path: Path) -> None:
+    model = build_cnn((2, 16), 3, channels=(4,), hidden=())
+    before = _snapshot(model)
+    with pytest.raises(ValueError, match=r"`opset_version`: .*can't convert this model to opset 5"):
+        export(model, tmp_path / "m.onnx", opset_version=5)
+    _assert_untouched(model, before)
+    assert list(tmp_path.iterdir()) == []
+    path = export(model, tmp_path / "m.onnx", opset_version=18)  # one it reaches is kept
+    assert _onnx_opset(path) == 18
+
+
+@pytest.mark.slow
+def test_a_bfloat16_model_is_refused_for_onnx_and_its_float32_copy_runs(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_cnn((2, 16), 3, channels=(4,), hidden=()).to(torch.bfloat16)
+    before = _snapshot(model)
+    with pytest.raises(ValueError, match=r"not bfloat16: export a float32 copy.*\.float\(\)"):
+        export(model, tmp_path / "m.onnx")
+    _assert_untouched(model, before)
+    assert list(tmp_path.iterdir()) == []
+    float32 = copy.deepcopy(model).float()  # the advice
+    path = export(float32, tmp_path / "m.onnx")
+    inputs = torch.randn(4, 2, 16)
+    torch.testing.assert_close(
+        _onnx_outputs(path, inputs), _eager(float32, inputs), atol=ATOL, rtol=0
+    )
 
 
 @pytest.mark.parametrize("suffix", [".pt2", ".onnx"])

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .checkpoints.files import atomic_write, unwritable_reason
-from .utils.probe import eval_mode, probe_tensor
+from .utils.probe import eval_mode, model_dtype_device, probe_tensor
 from .utils.typing import model_input_shape, takes_sample_shape
 from .utils.validation import (
     check_bool,
@@ -85,6 +85,18 @@ def _check_onnx_packages() -> None:
         )
 
 
+def _check_opset_known(opset_version: int | None) -> None:
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if opset_version is not None and opset_version > newest:
+        raise ValueError(
+            f"Invalid value for argument `opset_version`: the installed onnx knows opsets up "
+            f"to {newest}. Received opset_version={opset_version}; pass at most {newest}, or "
+            "None for the exporter's default."
+        )
+
+
 def export(
     model: nn.Module,
     path: str | os.PathLike[str],
@@ -117,8 +129,9 @@ def export(
             [`DescribedModel`][convkit.DescribedModel]).
         dynamic_batch: Let the exported model take any batch size (default); ``False``
             fixes it at 1.
-        opset_version: The ONNX opset to target; ``None``: the exporter's default.
-            Ignored for ``.pt2``.
+        opset_version: The ONNX opset to target; ``None``: the exporter's default. An
+            opset the exporter can't convert the model to is refused rather than
+            written as another one. Ignored for ``.pt2``.
 
     Returns:
         The path written.
@@ -126,8 +139,10 @@ def export(
     Raises:
         TypeError: For arguments of the wrong type.
         ValueError: For a path that can't be written or whose format isn't known, an
-            input shape that is missing or that the model doesn't take, and a model
-            that can't be exported (naming the layer and what stopped it).
+            input shape that is missing or that the model doesn't take, an
+            ``opset_version`` the exporter can't reach, and a model that can't be
+            exported (naming the layer and what stopped it) or whose ONNX translation
+            ONNX's checker rejects (e.g. a bfloat16 model).
         ImportError: For ``format="onnx"`` without ``onnx``/``onnxscript`` installed.
 
     Examples:
@@ -155,6 +170,7 @@ def export(
         check_positive_int("opset_version", opset_version)
     if kind == "onnx":
         _check_onnx_packages()
+        _check_opset_known(opset_version)
     reason = unwritable_reason(target)
     if reason is not None:
         raise ValueError(f"Invalid value for argument `path`: can't write {target}: {reason}.")
@@ -228,9 +244,44 @@ def _onnx_bytes(
         raise _unexportable(err, model, "ONNX") from err
     # with dynamo=True the exporter returns the program (it writes no file without f=)
     proto = cast(Any, onnx_program).model_proto
+    _check_opset(proto, opset_version)
+    _check_onnx_model(proto, model)
     _name_batch_dimension(proto.graph)
     data: bytes = proto.SerializeToString()
     return data
+
+
+def _check_opset(proto: Any, opset_version: int | None) -> None:
+    """Refuse a file of another opset than asked: the exporter falls back to its own."""
+    reached = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset_version is not None and reached != opset_version:
+        raise ValueError(
+            f"Invalid value for argument `opset_version`: PyTorch's ONNX exporter can't "
+            f"convert this model to opset {opset_version} (it stays at opset {reached}). "
+            f"Pass opset_version={reached}, or None for the exporter's default."
+        )
+
+
+def _check_onnx_model(proto: Any, model: nn.Module) -> None:
+    """Refuse a translation that ONNX's checker (and so onnxruntime) would reject."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
+        first = str(err).strip().splitlines()[0]
+        dtype, _ = model_dtype_device(model)
+        fix = "Export format='pt2' (a torch.export program) instead"
+        if dtype == torch.bfloat16:
+            fix = (
+                "ONNX operators such as Conv take float16, float32 or float64, not bfloat16: "
+                "export a float32 copy, export(copy.deepcopy(model).float(), path), or "
+                "export format='pt2'"
+            )
+        raise ValueError(
+            f"Invalid value for argument `model`: its ONNX translation is not a valid ONNX "
+            f"model ({first}). {fix}."
+        ) from err
 
 
 def _name_batch_dimension(graph: Any) -> None:
