@@ -105,6 +105,21 @@ def test_float64_numpy_labels_are_reported_with_their_own_dtype() -> None:
     assert len(fit(model, (x, y.astype(np.int64)), **CPU)) == 1
 
 
+def test_advice_on_numpy_targets_is_numpy_code_that_works() -> None:
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).random((64, 1, 28, 28), dtype=np.float32)
+    classifier = build_cnn((1, 28, 28), 10, channels=(4,), hidden=())
+    labels = (np.arange(64) % 10).astype(np.float64)
+    with pytest.raises(ValueError, match=r"\(NumPy: targets\.astype\(np\.int64\)\)"):
+        fit(classifier, (x, labels), **CPU)
+    assert len(fit(classifier, (x, labels.astype(np.int64)), **CPU)) == 1
+    regressor = build_cnn((1, 28, 28), 1, channels=(4,), hidden=())
+    values = x.mean(axis=(1, 2, 3))  # shape (64,) for one output per sample
+    with pytest.raises(ValueError, match=r"\(NumPy: targets\[:, None\]\)"):
+        fit(regressor, (x, values), task="regression", **CPU)
+    assert len(fit(regressor, (x, values[:, None]), task="regression", **CPU)) == 1
+
+
 # ------------------------------------------- raw torch errors that become clear, up front
 
 

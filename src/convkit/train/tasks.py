@@ -409,11 +409,13 @@ def _guess(kind: str | None, outputs: torch.Tensor, targets: torch.Tensor) -> st
 def _mismatch(outputs: torch.Tensor, targets: torch.Tensor) -> ValueError:
     out, tgt = _shape(outputs), _shape(targets)
     if len(out) == 2 and out[1] == 1 and tgt == out[:1]:
-        fix = "reshape them to (N, 1) with targets.unsqueeze(1)"
+        fix = "reshape them to (N, 1) with targets.unsqueeze(1) (NumPy: targets[:, None])"
     elif _is_integer(targets) and len(out) == 2 and tgt == (out[0], 1):
         fix = f"class indices need shape ({out[0]},): pass targets.squeeze(1)"
     elif targets.is_floating_point() and _is_class_map(outputs, targets):
-        fix = "class indices must be integers: pass targets.long()"
+        fix = (
+            "class indices must be integers: pass targets.long() (NumPy: targets.astype(np.int64))"
+        )
     else:
         fix = (
             f"class indices need shape {(out[0], *out[2:])}, every other task targets of "
