@@ -14,7 +14,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from convkit import LRFinderResult, build_cnn, evaluate, fit, lr_find, mnist_sample
+from convkit import (
+    LRFinderResult,
+    NonFiniteLossError,
+    build_cnn,
+    evaluate,
+    fit,
+    lr_find,
+    mnist_sample,
+)
 from convkit.train.lr_finder import steepest_index, suggestions, valley_index
 from helpers import NOTEBOOK
 
@@ -182,6 +190,32 @@ def test_a_non_finite_loss_ends_the_sweep_before_it_is_recorded(
     assert 0 < len(result.lrs) < 60
     assert all(math.isfinite(loss) for loss in result.raw_losses)
     assert result.raw_losses[-1] > 1e20  # it was on its way
+
+
+class NaNInput(nn.Module):
+    """A model whose forward turns every output NaN: broken whatever the learning rate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(784, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.flatten(1)) * math.nan
+
+
+def test_a_loss_that_is_nan_at_the_first_batch_is_an_error_not_a_curve(
+    small_data: tuple[torch.Tensor, torch.Tensor],
+) -> None:
+    torch.manual_seed(0)
+    model = NaNInput()
+    before, rngs = _state(model), _rngs()
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"nan at the sweep.s first batch, before any step, so no learning rate",
+    ):
+        lr_find(model, small_data, num_iter=10, batch_size=64, device="cpu")
+    _assert_same_state(before, model)
+    _assert_same_rngs(rngs)
 
 
 def test_suggestions_follow_fastai() -> None:

@@ -256,6 +256,20 @@ def _loader_generators(data: Any) -> list[torch.Generator]:
     return list(unique.values())
 
 
+def _broken_from_the_start(err: NonFiniteLossError) -> NonFiniteLossError:
+    """The error for a loss or gradient that is NaN or infinite before the first step."""
+    what = str(err).split(" at epoch")[0]  # "The loss is nan" or "A gradient is not finite"
+    return NonFiniteLossError(
+        f"lr_find: {what} at the sweep's first batch, before any step, so no learning "
+        "rate is the cause and none can be read off. Check the data for NaN/inf "
+        "(torch.isfinite(x).all()), the model's forward and the loss; the model is as "
+        "it was.",
+        history=err.history,
+        epoch=err.epoch,
+        batch=err.batch,
+    )
+
+
 def _check_sweep(
     start_lr: Any, end_lr: Any, num_iter: Any, beta: Any, early_stop_threshold: Any
 ) -> None:
@@ -360,6 +374,8 @@ def lr_find(
         The learning rates, smoothed and raw losses, and the suggestions.
 
     Raises:
+        NonFiniteLossError: When the loss or a gradient of the first batch, before any
+            step, is NaN or infinite: the model, the data or the loss is broken.
         TypeError: For arguments of the wrong type.
         ValueError: For values ``fit`` would refuse, ``end_lr <= start_lr``,
             ``num_iter < 10``, ``beta`` outside ``[0, 1)`` or ``early_stop_threshold <= 1``;
@@ -416,7 +432,9 @@ def lr_find(
                 scheduler=exponential,
                 scheduler_interval="step",
             )
-    except NonFiniteLossError:
+    except NonFiniteLossError as err:
+        if not sweep.raw:
+            raise _broken_from_the_start(err) from err
         sweep.stop = "non-finite"
     finally:
         snapshot.restore()
