@@ -309,6 +309,23 @@ def test_a_model_without_input_shape_needs_one(tmp_path: Path) -> None:
         export(model, tmp_path / "folder.pt2", input_shape=(3, 8, 8))
 
 
+def test_an_input_shape_the_model_cant_take_is_blamed_not_the_layer(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten())
+    before = _snapshot(model)
+    with pytest.raises(
+        ValueError,
+        match=r"`input_shape`: the model fails on samples of shape \(1, 8, 8\) before any "
+        r"export, in layer '0' \(Conv2d\): RuntimeError: .*3 channels",
+    ):
+        export(model, tmp_path / "m.pt2", input_shape=(1, 8, 8))
+    _assert_untouched(model, before)
+    assert list(tmp_path.iterdir()) == []
+    path = export(model, tmp_path / "m.pt2", input_shape=(3, 8, 8))  # the advice works
+    inputs = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(torch.export.load(path).module()(inputs), _eager(model, inputs))
+
+
 def test_a_crash_while_writing_keeps_the_previous_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

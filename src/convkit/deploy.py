@@ -179,7 +179,12 @@ def export(
     if dynamic_batch:  # a batch of 1 would be specialised to 1 (torch.export's 0/1 rule)
         sample = sample.expand(2, *shape).contiguous()
     with eval_mode(model):
-        program = _trace(model, sample, dynamic_batch)
+        try:
+            program = _trace(model, sample, dynamic_batch)
+        except ValueError as err:
+            if input_shape is not None:
+                _check_runs_eagerly(model, sample, err)
+            raise
     if kind == "pt2":
         _pack_contiguous(program)
         with atomic_write(target) as file:
@@ -205,6 +210,32 @@ def _trace(
         return torch.export.export(model, (sample,), dynamic_shapes=dynamic, strict=False)
     except Exception as err:
         raise _unexportable(err, model, "torch.export") from err
+
+
+def _check_runs_eagerly(model: nn.Module, sample: torch.Tensor, refused: ValueError) -> None:
+    """Blame ``input_shape`` when the model fails on the sample without any export.
+
+    The dry run is under ``no_grad`` in the caller's eval mode; buffers a ``forward``
+    writes to are put back afterwards.
+    """
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        with torch.no_grad():
+            model(sample)
+    except Exception as err:
+        layer, _ = _failing_layer(err, model)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else "no message"
+        shape = tuple(sample.shape[1:])
+        raise ValueError(
+            f"Invalid value for argument `input_shape`: the model fails on samples of shape "
+            f"{shape} before any export, in {_describe(model, layer)}: "
+            f"{type(err).__name__}: {first}. Pass the shape of one sample the model takes, "
+            "without the batch dimension."
+        ) from refused
+    finally:
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
 
 
 def _pack_contiguous(program: torch.export.ExportedProgram) -> None:
