@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from convkit import build_cnn, fit, predict
+from convkit import build_cnn, export, fit, lr_find, predict
 
 CPU = {"device": "cpu", "progress": False, "epochs": 1}
 
@@ -118,6 +118,25 @@ def test_advice_on_numpy_targets_is_numpy_code_that_works() -> None:
     with pytest.raises(ValueError, match=r"\(NumPy: targets\[:, None\]\)"):
         fit(regressor, (x, values), task="regression", **CPU)
     assert len(fit(regressor, (x, values[:, None]), task="regression", **CPU)) == 1
+
+
+@pytest.mark.parametrize("call", ["fit", "lr_find", "export"])
+def test_a_lazy_layer_without_weights_gets_one_batch_first(call: str, tmp_path: Any) -> None:
+    x, y = torch.randn(32, 1, 8, 8), torch.arange(32) % 3
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.LazyLinear(3))
+    run = {
+        "fit": lambda: fit(model, (x, y), **CPU),
+        "lr_find": lambda: lr_find(model, (x, y), num_iter=10, device="cpu"),
+        "export": lambda: export(model, tmp_path / "m.pt2", input_shape=(1, 8, 8)),
+    }[call]
+    with pytest.raises(
+        ValueError, match=r"`model`: layer '1' \(LazyLinear\) is lazy .*model\(x\[:2\]\)"
+    ):
+        run()
+    model(x[:2])  # the advice
+    run()
+    assert model[1].weight.shape == (3, 64)
 
 
 # ------------------------------------------- raw torch errors that become clear, up front

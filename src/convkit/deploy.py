@@ -29,6 +29,7 @@ from .utils.typing import model_input_shape, takes_sample_shape
 from .utils.validation import (
     check_bool,
     check_choice,
+    check_initialized,
     check_module,
     check_positive_int,
     check_sample_shape,
@@ -157,6 +158,7 @@ def export(
         True
     """
     check_module("model", model)
+    check_initialized("model", model)
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(
             "Invalid type for argument `path`. Expected a file name (str or pathlib.Path), "

@@ -21,6 +21,7 @@ from ..utils.probe import eval_mode
 from ..utils.typing import DeviceLike, MetricFn, model_input_shape
 from ..utils.validation import (
     check_choice,
+    check_initialized,
     check_module,
     check_optional_bool,
     check_positive_int,
@@ -253,6 +254,7 @@ def fit(
         (2, 'cpu')
     """
     check_module("model", model)
+    check_initialized("model", model)
     options = Options(
         epochs=epochs,
         val_data=val_data,

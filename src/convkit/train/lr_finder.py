@@ -29,7 +29,12 @@ from ..checkpoints.restore import rng_state, set_rng_state
 from ..utils.figures import new_figure
 from ..utils.probe import preserved_modes
 from ..utils.typing import DeviceLike
-from ..utils.validation import check_finite_float, check_module, check_positive_int
+from ..utils.validation import (
+    check_finite_float,
+    check_initialized,
+    check_module,
+    check_positive_int,
+)
 from .callbacks import Callback, TrainState
 from .loops import fit
 from .run import NonFiniteLossError, OptimizerSpec
@@ -393,6 +398,7 @@ def lr_find(
         True
     """
     check_module("model", model)
+    check_initialized("model", model)
     _check_sweep(start_lr, end_lr, num_iter, beta, early_stop_threshold)
     ratio = end_lr / start_lr
 

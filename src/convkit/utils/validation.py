@@ -220,6 +220,27 @@ def check_module(name: str, value: Any) -> None:
         )
 
 
+def check_initialized(name: str, model: nn.Module) -> None:
+    """Raise ``ValueError`` if ``model`` holds a lazy layer that has no weights yet.
+
+    Examples:
+        >>> check_initialized("model", nn.Sequential(nn.Flatten(), nn.LazyLinear(3)))
+        Traceback (most recent call last):
+        ...
+        ValueError: Invalid value for argument `model`: layer '1' (LazyLinear) is lazy ...
+    """
+    for path, module in model.named_modules():
+        lazy = isinstance(module, nn.modules.lazy.LazyModuleMixin)
+        if lazy and module.has_uninitialized_params():
+            kind = type(module).__name__
+            where = f"layer {path!r} ({kind})" if path else f"the model ({kind})"
+            raise ValueError(
+                f"Invalid value for argument `{name}`: {where} is lazy and has no weights "
+                "yet; it sizes them from the first batch it sees. Run one batch through the "
+                "model first, e.g. model(x[:2]), or build the layer with its sizes."
+            )
+
+
 def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
     """Return ``value`` if it is one of the string ``choices``, else raise."""
     if not isinstance(value, str):
