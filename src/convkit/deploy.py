@@ -29,7 +29,6 @@ from .utils.typing import model_input_shape, takes_sample_shape
 from .utils.validation import (
     check_bool,
     check_choice,
-    check_initialized,
     check_module,
     check_positive_int,
     check_sample_shape,
@@ -157,8 +156,7 @@ def export(
         ...     torch.allclose(program.module()(x), model.eval()(x), atol=1e-5)
         True
     """
-    check_module("model", model)
-    check_initialized("model", model)
+    check_module("model", model, needs_weights=True)
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(
             "Invalid type for argument `path`. Expected a file name (str or pathlib.Path), "

@@ -21,7 +21,6 @@ from ..utils.probe import eval_mode
 from ..utils.typing import DeviceLike, MetricFn, model_input_shape
 from ..utils.validation import (
     check_choice,
-    check_initialized,
     check_module,
     check_optional_bool,
     check_positive_int,
@@ -253,8 +252,7 @@ def fit(
         >>> len(history["loss"]), history.device
         (2, 'cpu')
     """
-    check_module("model", model)
-    check_initialized("model", model)
+    check_module("model", model, needs_weights=True)
     options = Options(
         epochs=epochs,
         val_data=val_data,

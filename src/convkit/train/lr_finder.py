@@ -31,7 +31,6 @@ from ..utils.probe import preserved_modes
 from ..utils.typing import DeviceLike
 from ..utils.validation import (
     check_finite_float,
-    check_initialized,
     check_module,
     check_positive_int,
 )
@@ -397,8 +396,7 @@ def lr_find(
         >>> all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
         True
     """
-    check_module("model", model)
-    check_initialized("model", model)
+    check_module("model", model, needs_weights=True)
     _check_sweep(start_lr, end_lr, num_iter, beta, early_stop_threshold)
     ratio = end_lr / start_lr
 

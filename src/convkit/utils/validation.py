@@ -211,25 +211,24 @@ def check_seed(value: Any) -> int | None:
     return number
 
 
-def check_module(name: str, value: Any) -> None:
-    """Raise ``TypeError`` unless ``value`` is a ``torch.nn.Module``."""
+def check_module(name: str, value: Any, *, needs_weights: bool = False) -> None:
+    """Raise ``TypeError`` unless ``value`` is a ``torch.nn.Module``.
+
+    With ``needs_weights``, also raise ``ValueError`` for a lazy layer that has no weights
+    yet (training, the range test and export need them before the first batch).
+
+    Examples:
+        >>> check_module("model", nn.Sequential(nn.Flatten(), nn.LazyLinear(3)), needs_weights=True)
+        Traceback (most recent call last):
+        ...
+        ValueError: Invalid value for argument `model`: layer '1' (LazyLinear) is lazy ...
+    """
     if not isinstance(value, nn.Module):
         raise TypeError(
             f"Invalid type for argument `{name}`. Expected a torch.nn.Module. "
             f"Received {type(value).__name__}."
         )
-
-
-def check_initialized(name: str, model: nn.Module) -> None:
-    """Raise ``ValueError`` if ``model`` holds a lazy layer that has no weights yet.
-
-    Examples:
-        >>> check_initialized("model", nn.Sequential(nn.Flatten(), nn.LazyLinear(3)))
-        Traceback (most recent call last):
-        ...
-        ValueError: Invalid value for argument `model`: layer '1' (LazyLinear) is lazy ...
-    """
-    for path, module in model.named_modules():
+    for path, module in value.named_modules() if needs_weights else ():
         lazy = isinstance(module, nn.modules.lazy.LazyModuleMixin)
         if lazy and module.has_uninitialized_params():
             kind = type(module).__name__
