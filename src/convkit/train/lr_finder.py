@@ -36,7 +36,7 @@ from ..utils.validation import (
 )
 from .callbacks import Callback, TrainState
 from .loops import fit
-from .run import NonFiniteLossError, OptimizerSpec
+from .run import HardInterrupt, NonFiniteLossError, OptimizerSpec
 from .tasks import LossFn
 
 if TYPE_CHECKING:
@@ -440,6 +440,15 @@ def lr_find(
         if not sweep.raw:
             raise _broken_from_the_start(err) from err
         sweep.stop = "non-finite"
+    except HardInterrupt:
+        raise
+    except KeyboardInterrupt:
+        # fit's message would say the model keeps what it learned and offer its
+        # on_interrupt=; the sweep puts everything back and has no such option
+        raise KeyboardInterrupt(
+            f"lr_find was interrupted (Ctrl-C) after {len(sweep.raw)} of {num_iter} batches; "
+            "the model, the optimizer and the random generators are as they were before it."
+        ) from None
     finally:
         snapshot.restore()
     valley, steepest = suggestions(sweep.lrs, sweep.losses, num_iter)
