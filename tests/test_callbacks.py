@@ -684,6 +684,36 @@ def test_a_stop_is_said_once_and_recorded(small_data, tmp_path: Path, caplog, ca
         assert getattr(restored, name) == getattr(history, name), name
 
 
+class StopMidEpoch(Callback):
+    """Stops training from on_batch_end, in the middle of epoch 2."""
+
+    def on_batch_end(self, state) -> None:  # type: ignore[no-untyped-def]
+        state.stop_training = state.epoch == 2 and state.batch == 0
+
+
+@pytest.mark.parametrize("hook", ["epoch", "batch"])
+def test_any_callback_that_stops_training_is_named_and_recorded(
+    hook: str, small_data, tmp_path: Path, caplog
+) -> None:
+    class StopAtTwo(Callback):
+        def on_epoch_end(self, state) -> None:  # type: ignore[no-untyped-def]
+            state.stop_training = state.epoch == 2
+
+    stopper = StopAtTwo() if hook == "epoch" else StopMidEpoch()
+    name = type(stopper).__name__
+    with caplog.at_level(logging.INFO, logger="convkit.training"):
+        callbacks = [stopper, ModelCheckpoint(tmp_path / "last.pt")]
+        history = fit(
+            tiny_cnn(), small_data, epochs=5, progress=False, device="cpu", callbacks=callbacks
+        )
+    assert len(history) == 2
+    said = [r.getMessage() for r in caplog.records if name in r.getMessage()]
+    assert said == [f"{name} stopped training after epoch 2/5 (it set state.stop_training)."]
+    assert (history.stopped_epoch, history.stopped_by) == (2, name)
+    saved = History.from_dict(load_checkpoint(tmp_path / "last.pt")["history"])
+    assert (saved.stopped_epoch, saved.stopped_by) == (2, name)  # in the checkpoint too
+
+
 def test_a_resumed_run_keeps_the_best_epoch_in_its_history(small_data, tmp_path: Path) -> None:
     def callbacks() -> list[Callback]:
         return [ModelCheckpoint(tmp_path / "ep{epoch}.pt"), EarlyStopping("loss", patience=3)]

@@ -208,6 +208,8 @@ class _Sweep(Callback):
             self.stop, state.stop_training = "diverged", True
         elif step + 1 >= self.num_iter:
             state.stop_training = True
+        if state.stop_training and state.history is not None:
+            state.history.record_stop(state.epoch, by="lr_find")  # no message: it's the sweep's
 
 
 class _Snapshot:

@@ -851,6 +851,7 @@ class Run:
         self.buffers = BufferGuard(self.model) if guard else None
         self.interrupt = SigintFlag()
         self.show = self.state.progress
+        self.stopper: Callback | None = None  # the callback that set stop_training
 
     def _resume(self) -> int:
         """Restore everything the checkpoint holds into the run; the first epoch to train."""
@@ -971,10 +972,26 @@ class Run:
             logger.info("epoch %d/%d: %s (%.1fs)", epoch, state.epochs, line, seconds)
             if self.show:
                 tqdm.write(f"Epoch {epoch}/{state.epochs} - {line} - {seconds:.1f}s")
+            self._record_stop()  # one asked for by a callback during the epoch's batches
             for callback in self.callbacks:
                 callback.on_epoch_end(state)
+                if state.stop_training and self.stopper is None:
+                    self.stopper = callback
+                self._record_stop()  # before the checkpoints (last) save the History
             if self.interrupt.raised:
                 raise KeyboardInterrupt
+
+    def _record_stop(self) -> None:
+        """Record in the History and say which callback stopped training, unless it did."""
+        state = self.state
+        if self.stopper is None or state.history.stopped_epoch is not None:
+            return
+        name = type(self.stopper).__name__
+        state.history.record_stop(state.epoch, by=name)
+        state.report(
+            f"{name} stopped training after epoch {state.epoch}/{state.epochs} "
+            "(it set state.stop_training)."
+        )
 
     def one_epoch(self, epoch: int) -> dict[str, float]:
         """Train one epoch, validate, step the epoch scheduler; the epoch's logs."""
@@ -1057,6 +1074,8 @@ class Run:
             self.state.batch, self.state.logs = index - 1, {"loss": loss.detach()}
             for callback in self.callbacks:
                 callback.on_batch_end(self.state)
+                if self.state.stop_training and self.stopper is None:
+                    self.stopper = callback
         tally.add(outputs, targets, loss, count, batch.real)
 
     def step(self, loss: torch.Tensor, count: torch.Tensor, epoch: int, index: int) -> None:
