@@ -972,18 +972,22 @@ class Run:
             logger.info("epoch %d/%d: %s (%.1fs)", epoch, state.epochs, line, seconds)
             if self.show:
                 tqdm.write(f"Epoch {epoch}/{state.epochs} - {line} - {seconds:.1f}s")
-            self._record_stop()  # one asked for by a callback during the epoch's batches
+            self._record_stop(None)  # one asked for by a callback during the epoch's batches
             for callback in self.callbacks:
                 callback.on_epoch_end(state)
-                if state.stop_training and self.stopper is None:
-                    self.stopper = callback
-                self._record_stop()  # before the checkpoints (last) save the History
+                self._record_stop(callback)  # before the checkpoints (last) save the History
             if self.interrupt.raised:
                 raise KeyboardInterrupt
 
-    def _record_stop(self) -> None:
-        """Record in the History and say which callback stopped training, unless it did."""
+    def _record_stop(self, called: Callback | None) -> None:
+        """Record in the History and say which callback stopped training, unless it did.
+
+        ``called`` is the callback just told the end of the epoch: the one that stopped
+        training if the stop is new.
+        """
         state = self.state
+        if state.stop_training and self.stopper is None:
+            self.stopper = called
         if self.stopper is None or state.history.stopped_epoch is not None:
             return
         name = type(self.stopper).__name__
