@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from convkit import build_cnn, export, fit, lr_find, predict
 
@@ -84,6 +84,33 @@ def test_one_sample_with_batchnorm_says_why_and_what_to_pass() -> None:
         fit(model, (x, y), **CPU)
     history = fit(model, (torch.cat([x, x]), torch.cat([y, y])), **{**CPU, "epochs": 20})
     assert history["loss"][-1] < history["loss"][0]  # the overfit-one-batch check works
+
+
+@pytest.mark.parametrize("form", ["tensors", "loader"])
+def test_batches_of_one_sample_with_batchnorm_say_why_and_what_to_pass(form: str) -> None:
+    torch.manual_seed(0)
+    model = build_cnn((1, 28, 28), 10, channels=(4,), hidden=())
+    before = _weights(model)
+    x, y = torch.rand(8, 1, 28, 28), torch.arange(8)
+
+    def data(batch_size: int) -> Any:
+        if form == "loader":
+            return DataLoader(TensorDataset(x, y), batch_size=batch_size), {}
+        return (x, y), {"batch_size": batch_size}
+
+    train, kwargs = data(1)
+    argument, advice = {
+        "tensors": ("batch_size", r"Pass batch_size=2 or more"),
+        "loader": ("train_data", r"Make it with DataLoader\(\.\.\., batch_size=2\) or more"),
+    }[form]
+    with pytest.raises(
+        ValueError,
+        match=rf"`{argument}`: every training batch holds 1 sample .*BatchNorm.*{advice}",
+    ):
+        fit(model, train, **kwargs, **CPU)
+    assert _same(model, before)
+    train, kwargs = data(2)
+    assert len(fit(model, train, **kwargs, **CPU)) == 1
 
 
 def test_drop_last_that_leaves_no_batch_says_so() -> None:

@@ -750,7 +750,7 @@ class Run:
             val_spec = dataclasses.replace(val_spec, rows=val_rows)
             val_data = train_data
         self.train = make_batches(train_data, spec, model=self.model)
-        self._check_last_batch()
+        self._check_last_batch(isinstance(train_data, DataLoader))
         self.val = None
         if val_data is not None:
             self.val = make_batches(val_data, val_spec, model=self.model)
@@ -776,7 +776,7 @@ class Run:
         if self.val is not None:
             self.val.check_task(self.task)
 
-    def _check_last_batch(self) -> None:
+    def _check_last_batch(self, user_loader: bool) -> None:
         """Refuse training data that leaves no batch to train on, saying why.
 
         BatchNorm can't train on one sample: ``drop_last=None`` skips a last batch of one
@@ -807,6 +807,17 @@ class Run:
                 "batch and nothing is left to train on. To overfit one sample, repeat it: "
                 "(torch.cat([x, x]), torch.cat([y, y])); or build the model without BatchNorm "
                 "(build_cnn(..., norm=None, head_norm=None))."
+            )
+        loader = None if isinstance(train, TensorBatches) else train.loader
+        if self.skip_single and (loader.batch_size if loader is not None else size) == 1:
+            name, fix = "batch_size", "Pass batch_size=2 or more"
+            if user_loader:
+                name, fix = "train_data", "Make it with DataLoader(..., batch_size=2) or more"
+            raise ValueError(
+                f"Invalid value for argument `{name}`: every training batch holds 1 sample "
+                "(batch_size=1), and fit skips batches of one sample for the model's "
+                f"BatchNorm layers, so nothing is left to train on. {fix}; or "
+                "build the model without BatchNorm (build_cnn(..., norm=None, head_norm=None))."
             )
         if isinstance(train, TensorBatches) and len(train) == 0:
             raise ValueError(
