@@ -167,6 +167,39 @@ def test_a_diverging_loss_stops_the_sweep(small_data: tuple[torch.Tensor, torch.
     assert all(loss <= 4 * min(result.losses[: i + 1]) for i, loss in enumerate(result.losses[:-1]))
 
 
+def test_a_loss_below_zero_is_not_taken_for_divergence() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(256, 8)
+    data = (x, x.sum(1, keepdim=True))
+
+    def shifted(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return nn.functional.mse_loss(outputs, targets) - 10.0  # negative from the start
+
+    result = lr_find(
+        nn.Linear(8, 1),
+        data,
+        loss=shifted,
+        task="regression",
+        optimizer="sgd",
+        start_lr=1e-4,
+        end_lr=1.0,
+        num_iter=30,
+        beta=0.0,  # no smoothing: each loss is compared as it is
+        batch_size=32,
+        device="cpu",
+        seed=0,
+    )
+    losses = result.losses
+    assert losses[0] < 0 and len(losses) > 20  # before: "diverged" at the second batch
+
+    def limit(i: int) -> float:  # 4 x the best so far, measured by its magnitude
+        best = min(losses[: i + 1])
+        return best + 3 * abs(best)
+
+    assert all(loss <= limit(i) for i, loss in enumerate(losses[:-1]))
+    assert result.stop == "num_iter" or losses[-1] > limit(len(losses) - 2)
+
+
 def test_a_non_finite_loss_ends_the_sweep_before_it_is_recorded(
     small_data: tuple[torch.Tensor, torch.Tensor],
 ) -> None:

@@ -70,7 +70,8 @@ class LRFinderResult:
             learning rate (fastai's ``steep``, Lightning's suggestion), over the same part
             of the curve; ``None`` as for ``suggestion``.
         stop: Why the sweep ended: ``"num_iter"`` (all batches ran), ``"diverged"``
-            (the smoothed loss rose above ``early_stop_threshold`` times its minimum) or
+            (the smoothed loss rose above ``early_stop_threshold`` times its minimum;
+            for a negative minimum ``m``, above ``m + (early_stop_threshold - 1) * |m|``) or
             ``"non-finite"`` (a NaN or infinite loss or gradient).
 
     Examples:
@@ -204,7 +205,11 @@ class _Sweep(Callback):
         self.raw.append(loss)
         self.losses.append(smoothed)
         self._best = min(self._best, smoothed)
-        if self.threshold is not None and step > 0 and smoothed > self.threshold * self._best:
+        # threshold x the minimum, measured from the minimum by its magnitude, so that a
+        # loss that goes negative (a log-likelihood, a shifted loss) doesn't count as
+        # diverging as soon as it is above threshold x a negative number
+        rise = None if self.threshold is None else (self.threshold - 1) * abs(self._best)
+        if rise is not None and step > 0 and smoothed > self._best + rise:
             self.stop, state.stop_training = "diverged", True
         elif step + 1 >= self.num_iter:
             state.stop_training = True
@@ -337,7 +342,9 @@ def lr_find(
     (i / (num_iter - 1))``, and records the training loss, smoothed as
     ``a = beta * a + (1 - beta) * loss`` and divided by ``1 - beta ** (i + 1)``. The sweep
     stops early once the smoothed loss exceeds ``early_stop_threshold`` times its
-    minimum, or when a loss or gradient is NaN or infinite.
+    minimum ``m`` (in general: ``m + (early_stop_threshold - 1) * |m|``, which is the same
+    for a positive loss and stays above ``m`` for one that goes negative), or when a loss
+    or gradient is NaN or infinite.
 
     Afterwards everything is as it was: the model's parameters and buffers (BatchNorm
     statistics) bit for bit, on their device and in their memory layout, with their
