@@ -76,6 +76,16 @@ def test_a_dataset_of_pil_images_names_the_transform() -> None:
     assert len(fit(model, PILDigits(transforms.ToTensor()), **CPU)) == 1
 
 
+def test_predict_on_one_pil_image_names_to_tensor() -> None:
+    transforms = pytest.importorskip("torchvision.transforms")
+    torch.manual_seed(0)
+    model = build_cnn((1, 28, 28), 10, channels=(4,), hidden=())
+    image, _ = PILDigits()[0]
+    with pytest.raises(TypeError, match=r"`data`: a PIL image .*transforms\.ToTensor\(\)\(image\)"):
+        predict(model, image)
+    assert predict(model, transforms.ToTensor()(image)).shape == (10,)
+
+
 def test_one_sample_with_batchnorm_says_why_and_what_to_pass() -> None:
     torch.manual_seed(0)
     model = build_cnn((1, 28, 28), 10, channels=(4,), hidden=(8,), head_norm="batch")

@@ -674,6 +674,12 @@ def _loader(data: Any, spec: Batching) -> DataLoader[Any]:
         if shard is not None and not isinstance(data.sampler, DistributedSampler):
             return _shard_loader(data, shard, shuffle=shuffle, seed=seed)
         return data
+    if type(data).__module__.startswith("PIL."):
+        raise TypeError(
+            f"Invalid type for argument `{spec.name}`: a PIL image ({type(data).__name__}). "
+            "Turn it into a tensor first: transforms.ToTensor()(image) in torchvision "
+            "(shape (C, H, W), scaled to [0, 1])."
+        )
     if not (
         isinstance(data, Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__"))
     ):
