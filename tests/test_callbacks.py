@@ -714,6 +714,24 @@ def test_any_callback_that_stops_training_is_named_and_recorded(
     assert (saved.stopped_epoch, saved.stopped_by) == (2, name)  # in the checkpoint too
 
 
+def test_a_keras_style_monitor_name_gets_the_name_fit_logs(small_data) -> None:
+    with pytest.raises(
+        ValueError, match=r"`monitor` of EarlyStopping: 'val_acc' .*did you mean 'val_accuracy'\?"
+    ):
+        EarlyStopping("val_acc")  # Keras 1's name; the advice was mode='min'/'max'
+    data = small_data[0][:64], small_data[1][:64]
+    kwargs = {"epochs": 3, "val_data": data, "progress": False, "device": "cpu"}
+    callbacks = [EarlyStopping("val_acc", mode="max")]
+    with pytest.raises(
+        ValueError, match=r"'val_acc' is not logged \(did you mean 'val_accuracy'\?\)\. Logged"
+    ) as err:
+        fit(tiny_cnn(), data, callbacks=callbacks, **kwargs)
+    assert "pass val_data" not in str(err.value)  # it was passed
+    stopper = EarlyStopping("val_accuracy", patience=0, min_delta=1.0)  # the advice works
+    history = fit(tiny_cnn(), data, callbacks=[stopper], **kwargs)
+    assert history.monitor == "val_accuracy" and history.stopped_epoch == 2
+
+
 def test_a_resumed_run_keeps_the_best_epoch_in_its_history(small_data, tmp_path: Path) -> None:
     def callbacks() -> list[Callback]:
         return [ModelCheckpoint(tmp_path / "ep{epoch}.pt"), EarlyStopping("loss", patience=3)]

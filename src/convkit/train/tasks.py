@@ -630,6 +630,17 @@ def metric_direction(name: str) -> str | None:
     return known[1] if known is not None else None
 
 
+def known_metric_names() -> list[str]:
+    """Every name ``fit`` may log whose direction convkit knows (top-k as ``top5_...``).
+
+    Examples:
+        >>> "val_accuracy" in known_metric_names()
+        True
+    """
+    bases = ["loss", *_METRICS, "top5_accuracy"]
+    return [*bases, *(f"val_{base}" for base in bases)]
+
+
 # ------------------------------------------------------------------ metrics: batch statistics
 
 

@@ -7,9 +7,10 @@ how to fix it.
 
 from __future__ import annotations
 
+import difflib
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from torch import nn
@@ -209,6 +210,24 @@ def check_seed(value: Any) -> int | None:
             f"Received seed={value!r}."
         )
     return number
+
+
+def closest_name(name: str, names: Iterable[str]) -> str | None:
+    """The name in ``names`` that ``name`` most likely meant: one it begins (Keras'
+    ``val_acc`` for ``val_accuracy``), else the closest spelling; ``None``: none near.
+
+    Examples:
+        >>> closest_name("val_acc", ["loss", "accuracy", "val_loss", "val_accuracy"])
+        'val_accuracy'
+        >>> closest_name("val_los", ["loss", "val_loss"]), closest_name("dice", ["loss"])
+        ('val_loss', None)
+    """
+    names = list(names)
+    begun = [n for n in names if n.startswith(name) and n != name]
+    if begun:
+        return min(begun, key=len)
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.75)
+    return close[0] if close else None
 
 
 def check_module(name: str, value: Any, *, needs_weights: bool = False) -> None:

@@ -14,8 +14,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ...utils.validation import check_choice, check_non_negative_float
-from ..tasks import metric_direction
+from ...utils.validation import check_choice, check_non_negative_float, closest_name
+from ..tasks import known_metric_names, metric_direction
 from .base import Callback, TrainState
 
 __all__ = ["MonitorCallback"]
@@ -59,6 +59,13 @@ def resolve_mode(owner: str, mode: Any, monitor: str, *, required: bool = True) 
         return direction
     if not required:
         return "auto"
+    meant = closest_name(monitor, known_metric_names())
+    if meant is not None:  # a misspelt or Keras-style name (val_acc) of a built-in metric
+        raise ValueError(
+            f"Invalid value for argument `monitor` of {owner}: {monitor!r} is not a name "
+            f"fit logs; did you mean {meant!r}? Pass monitor={meant!r}, or mode='min' or "
+            "mode='max' for a metric of your own of that name."
+        )
     raise ValueError(
         f"Invalid value for argument `mode` of {owner}: mode='auto' reads the direction of "
         f"the monitored metric, and the direction of {monitor!r} is unknown (it is not "
@@ -157,9 +164,12 @@ class MonitorCallback(Callback):
     def on_train_begin(self, state: TrainState) -> None:
         """Check that the monitored metric is logged; reset unless the run is resumed."""
         if self.monitoring and state.log_keys and self.monitor not in state.log_keys:
-            hint = (
-                " (pass val_data or validation_split to fit)" if self.monitor[:4] == "val_" else ""
-            )
+            meant = closest_name(self.monitor, state.log_keys)
+            hint = ""
+            if self.monitor[:4] == "val_" and not any(k[:4] == "val_" for k in state.log_keys):
+                hint = " (pass val_data or validation_split to fit)"
+            elif meant is not None:
+                hint = f" (did you mean {meant!r}?)"
             raise ValueError(
                 f"Invalid value for argument `monitor` of {type(self).__name__}: "
                 f"{self.monitor!r} is not logged{hint}. Logged: {', '.join(state.log_keys)}."
