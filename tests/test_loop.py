@@ -372,9 +372,15 @@ def test_finite_loss_with_a_nan_gradient_is_caught(small_data) -> None:
 
     model = plain_cnn()
     before = _state(model)
-    with pytest.raises(NonFiniteLossError, match=r"A gradient is not finite at epoch 1, batch 1"):
+    with pytest.raises(
+        NonFiniteLossError, match=r"A gradient is not finite at epoch 1, batch 1"
+    ) as err:
         fit(model, small_data, epochs=1, loss=loss_with_nan_grad, **CPU)
     assert _same(before, model.state_dict())
+    # before any step the learning rate can't be the cause: the advice says so
+    assert "learning rate is not the cause" in str(err.value)
+    assert "Lower the learning rate" not in str(err.value)
+    assert len(fit(model, small_data, epochs=1, loss=nn.CrossEntropyLoss(), **CPU)) == 1
 
 
 def test_nan_in_validation_data_is_refused_before_training(small_data, sample_test) -> None:

@@ -1133,11 +1133,18 @@ class Run:
             when = f"after batch {index - 1} of this epoch"
         else:
             when = f"at the end of epoch {epoch - 1}" if epoch > 1 else "before training"
+        advice = (
+            "Lower the learning rate, clip gradients (grad_clip=1.0) or check the data for NaN/inf"
+        )
+        if epoch == 1 and index == 1 and self.options.resume_from is None:
+            advice = (  # no step yet: the learning rate can't be the cause
+                "No step was taken yet, so the learning rate is not the cause: check the "
+                "data for NaN/inf (torch.isfinite(x).all()), the model's forward and the loss"
+            )
         raise NonFiniteLossError(
             f"{what} at epoch {epoch}, batch {index}: training stopped before the optimizer "
-            f"stepped on it, so the model's {kept} are as they were {when}. Lower the learning "
-            "rate, clip gradients (grad_clip=1.0) or check the data for NaN/inf; the History "
-            "of the completed epochs is in this error's `history`.",
+            f"stepped on it, so the model's {kept} are as they were {when}. {advice}; the "
+            "History of the completed epochs is in this error's `history`.",
             history=self.state.history,
             epoch=epoch,
             batch=index,
