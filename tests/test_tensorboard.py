@@ -144,6 +144,22 @@ def test_a_fresh_run_hides_an_earlier_one_even_in_the_same_second(
     assert [v for _, v in logged] == pytest.approx(second["loss"], rel=1e-6)
 
 
+@pytest.mark.slow  # waits for a new second before each new event file
+def test_a_fresh_run_hides_the_runs_it_does_not_write(small_data, tmp_path: Path) -> None:
+    data = small_data[0][:64], small_data[1][:64]
+    first = TensorBoard(tmp_path, log_every_n_steps=1)
+    fit(tiny_cnn(), data, epochs=3, val_data=data, progress=False, device="cpu", callbacks=[first])
+    assert [step for step, _ in scalars(tmp_path, "validation", "epoch_loss")] == [1, 2, 3]
+    # no validation and no steps this time: the first run's curves must not show with it
+    callbacks = [TensorBoard(tmp_path)]
+    second = fit(tiny_cnn(), data, epochs=2, progress=False, device="cpu", callbacks=callbacks)
+    assert [v for _, v in scalars(tmp_path, "train", "epoch_loss")] == pytest.approx(
+        second["loss"], rel=1e-6
+    )
+    assert scalars(tmp_path, "validation", "epoch_loss") == []
+    assert scalars(tmp_path, "steps", "batch_loss") == []
+
+
 def test_histograms_and_graph_change_nothing_in_training(small_data, tmp_path: Path) -> None:
     plain = tiny_cnn()
     fit(plain, small_data, epochs=2, progress=False, device="cpu", seed=0)

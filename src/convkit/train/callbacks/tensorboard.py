@@ -160,6 +160,9 @@ class TensorBoard(Callback):
         self._steps_per_epoch = state.steps_per_epoch or 0
         first = state.epoch + 1  # 1 for a fresh run: an earlier run's events are hidden
         self._purge = {"train": first, "validation": first, "steps": self._step(first, 0)}
+        for run in self._purge:  # hide an earlier run's events in runs this one won't write
+            if (self.log_dir / run).is_dir():
+                self._writer(run)
         if self.log_graph:
             self._write_graph(state.model)
 
