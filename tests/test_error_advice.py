@@ -86,6 +86,15 @@ def test_predict_on_one_pil_image_names_to_tensor() -> None:
     assert predict(model, transforms.ToTensor()(image)).shape == (10,)
 
 
+def test_labels_in_a_python_list_get_torch_tensor() -> None:
+    torch.manual_seed(0)
+    model = build_cnn((1, 28, 28), 10, channels=(4,), hidden=())
+    x, labels = torch.rand(16, 1, 28, 28), [i % 10 for i in range(16)]
+    with pytest.raises(TypeError, match=r"\(Tensor, list\).*\(inputs, torch\.tensor\(targets\)\)"):
+        fit(model, (x, labels), **CPU)
+    assert len(fit(model, (x, torch.tensor(labels)), **CPU)) == 1
+
+
 def test_one_sample_with_batchnorm_says_why_and_what_to_pass() -> None:
     torch.manual_seed(0)
     model = build_cnn((1, 28, 28), 10, channels=(4,), hidden=(8,), head_norm="batch")

@@ -534,10 +534,13 @@ def _in_memory(data: Any, spec: Batching) -> tuple[torch.Tensor, torch.Tensor | 
     if not isinstance(data, (tuple, list)) or not any(isinstance(t, arrays) for t in data):
         return None  # e.g. a list of (input, target) samples: a dataset
     if len(data) != 2 or not all(isinstance(t, arrays) for t in data):
+        fix = ""
+        if len(data) == 2 and isinstance(data[0], arrays) and isinstance(data[1], (list, tuple)):
+            fix = " Make the targets one tensor: (inputs, torch.tensor(targets))."
         raise TypeError(
             f"Invalid type for argument `{name}`: a {type(data).__name__} of "
             f"{_kinds(data)}. Expected an (inputs, targets) pair of two tensors or NumPy "
-            "arrays, a Dataset or a DataLoader."
+            f"arrays, a Dataset or a DataLoader.{fix}"
         )
     if isinstance(data, list) and not spec.need_targets:
         raise TypeError(
