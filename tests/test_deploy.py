@@ -243,6 +243,30 @@ def test_data_dependent_control_flow_is_refused_naming_the_layer(
     assert list(tmp_path.iterdir()) == []  # no file, not even a temporary one
 
 
+class BranchOnBatch(nn.Module):
+    """Doubles batches of more than 100 samples: decided by the batch size, in Python."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2 if x.shape[0] > 100 else x
+
+
+@pytest.mark.slow
+def test_a_branch_on_the_batch_size_is_refused_saying_so(tmp_path: Path) -> None:
+    model = _with(BranchOnBatch())
+    before = _snapshot(model)
+    with pytest.raises(
+        ValueError,
+        match=r"decides something from it \(an `if` on x\.shape\[0\]\).*torch: Not all values "
+        r"of batch.*dynamic_batch=False",
+    ):
+        export(model, tmp_path / "m.pt2", input_shape=(4,))
+    _assert_untouched(model, before)
+    assert list(tmp_path.iterdir()) == []
+    path = export(model, tmp_path / "m.pt2", input_shape=(4,), dynamic_batch=False)  # the advice
+    inputs = torch.randn(1, 4)
+    torch.testing.assert_close(torch.export.load(path).module()(inputs), _eager(model, inputs))
+
+
 @pytest.mark.slow
 def test_an_operator_without_onnx_translation_is_refused_naming_the_layer(
     tmp_path: Path,
@@ -315,8 +339,8 @@ def test_an_input_shape_the_model_cant_take_is_blamed_not_the_layer(tmp_path: Pa
     before = _snapshot(model)
     with pytest.raises(
         ValueError,
-        match=r"`input_shape`: the model fails on samples of shape \(1, 8, 8\) before any "
-        r"export, in layer '0' \(Conv2d\): RuntimeError: .*3 channels",
+        match=r"`input_shape`: the model fails on a batch of 2 sample\(s\) of shape \(1, 8, 8\) "
+        r"before any export, in layer '0' \(Conv2d\): RuntimeError: .*3 channels",
     ):
         export(model, tmp_path / "m.pt2", input_shape=(1, 8, 8))
     _assert_untouched(model, before)

@@ -225,12 +225,13 @@ def _check_runs_eagerly(model: nn.Module, sample: torch.Tensor, refused: ValueEr
     except Exception as err:
         layer, _ = _failing_layer(err, model)
         first = str(err).strip().splitlines()[0] if str(err).strip() else "no message"
-        shape = tuple(sample.shape[1:])
+        count, shape = sample.shape[0], tuple(sample.shape[1:])
         raise ValueError(
-            f"Invalid value for argument `input_shape`: the model fails on samples of shape "
-            f"{shape} before any export, in {_describe(model, layer)}: "
-            f"{type(err).__name__}: {first}. Pass the shape of one sample the model takes, "
-            "without the batch dimension."
+            f"Invalid value for argument `input_shape`: the model fails on a batch of {count} "
+            f"sample(s) of shape {shape} before any export, in {_describe(model, layer)}: "
+            f"{type(err).__name__}: {first}. If {shape} isn't the shape of one sample, pass "
+            "the one the model takes (without the batch dimension); if it is, that layer "
+            "can't take this batch size."
         ) from refused
     finally:
         with torch.no_grad():
@@ -389,10 +390,13 @@ def _unexportable(err: BaseException, model: nn.Module, stage: str) -> ValueErro
             "Compute both branches and pick with torch.where, or use torch.cond"
         )
     elif "Constraints violated" in first:
+        guards = [line.strip(" -") for line in str(err).splitlines() if line.startswith("  - ")]
+        said = f" (torch: {guards[0].split('. ')[0].rstrip('.')})" if guards else ""
         why = (
-            "the model fixes the batch size (e.g. x.view(2, -1)), so it can't take any "
-            "batch size. Use x.flatten(1) or x.reshape(x.shape[0], -1), or pass "
-            "dynamic_batch=False for a model of batch size 1"
+            "the model fixes the batch size (e.g. x.view(2, -1)) or decides something from "
+            f"it (an `if` on x.shape[0]), so it can't take every batch size{said}. Use "
+            "x.flatten(1) or x.reshape(x.shape[0], -1) and no branch on the batch size, or "
+            "pass dynamic_batch=False for a model of batch size 1"
         )
     elif operator is not None and any(type(e).__name__ == "DispatchError" for e in _chain(err)):
         why = (
