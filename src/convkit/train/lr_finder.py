@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..checkpoints.restore import rng_state, set_rng_state
+from ..checkpoints.restore import loader_generators, rng_state, set_rng_state
 from ..utils.figures import new_figure
 from ..utils.probe import preserved_modes
 from ..utils.typing import DeviceLike
@@ -237,7 +237,7 @@ class _Snapshot:
         if self.optimizer is not None:
             self.optimizer_state = copy.deepcopy(self.optimizer.state_dict())
             self.optimizer_attributes = set(vars(self.optimizer))
-        self.generators = _loader_generators(data)
+        self.generators = loader_generators(data) if isinstance(data, DataLoader) else []
         self.generator_states = [g.get_state() for g in self.generators]
         self.rngs = rng_state()
 
@@ -255,16 +255,6 @@ class _Snapshot:
         for generator, state in zip(self.generators, self.generator_states, strict=True):
             generator.set_state(state)
         set_rng_state(self.rngs)
-
-
-def _loader_generators(data: Any) -> list[torch.Generator]:
-    """The generators a ``DataLoader`` draws its order from (none for other data)."""
-    if not isinstance(data, DataLoader):
-        return []
-    owners = (data, data.sampler, getattr(data.batch_sampler, "sampler", None))
-    found = [getattr(owner, "generator", None) for owner in owners]
-    unique = {id(g): g for g in found if isinstance(g, torch.Generator)}
-    return list(unique.values())
 
 
 def _broken_from_the_start(err: NonFiniteLossError) -> NonFiniteLossError:
