@@ -238,9 +238,9 @@ def test_data_dependent_control_flow_is_refused_naming_the_layer(
     with pytest.raises(
         ValueError, match=r"layer '1\.1' \(Branch\).*values in a tensor.*torch\.where"
     ):
-        export(model, tmp_path / f"m{suffix}", input_shape=(4,))
+        export(model, tmp_path / "new" / "folders" / f"m{suffix}", input_shape=(4,))
     _assert_untouched(model, before)
-    assert list(tmp_path.iterdir()) == []  # no file, not even a temporary one
+    assert list(tmp_path.iterdir()) == []  # no file, not even a temporary one or a folder
 
 
 class BranchOnBatch(nn.Module):

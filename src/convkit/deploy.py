@@ -171,10 +171,28 @@ def export(
     if kind == "onnx":
         _check_onnx_packages()
         _check_opset_known(opset_version)
-    reason = unwritable_reason(target)
-    if reason is not None:
-        raise ValueError(f"Invalid value for argument `path`: can't write {target}: {reason}.")
+    created = _missing_folder(target.parent)
+    try:
+        reason = unwritable_reason(target)  # creates the missing folders, as writing would
+        if reason is not None:
+            raise ValueError(f"Invalid value for argument `path`: can't write {target}: {reason}.")
+        _write(model, target, kind, shape, input_shape is not None, dynamic_batch, opset_version)
+    except BaseException:
+        _remove_new_folders(target.parent, created)  # a refused export leaves no trace
+        raise
+    return target
 
+
+def _write(
+    model: nn.Module,
+    target: Path,
+    kind: str,
+    shape: tuple[int, ...],
+    shape_given: bool,
+    dynamic_batch: bool,
+    opset_version: int | None,
+) -> None:
+    """Export ``model`` on one sample of ``shape`` and write the ``kind`` file atomically."""
     sample = probe_tensor(model, shape)
     if dynamic_batch:  # a batch of 1 would be specialised to 1 (torch.export's 0/1 rule)
         sample = sample.expand(2, *shape).contiguous()
@@ -182,18 +200,39 @@ def export(
         try:
             program = _trace(model, sample, dynamic_batch)
         except ValueError as err:
-            if input_shape is not None:
+            if shape_given:
                 _check_runs_eagerly(model, sample, err)
             raise
     if kind == "pt2":
         _pack_contiguous(program)
         with atomic_write(target) as file:
             torch.export.save(program, file)
-        return target
+        return
     data = _onnx_bytes(model, program, sample, opset_version)
     with atomic_write(target) as file:
         file.write(data)
-    return target
+
+
+def _missing_folder(folder: Path) -> Path | None:
+    """The outermost folder on the way to ``folder`` that doesn't exist (``None``: none)."""
+    missing = None
+    while not folder.exists() and folder != folder.parent:
+        missing, folder = folder, folder.parent
+    return missing
+
+
+def _remove_new_folders(folder: Path, created: Path | None) -> None:
+    """Remove the empty folders from ``folder`` up to ``created``, which export made."""
+    if created is None:
+        return
+    while True:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (someone else wrote there) or gone: leave it
+            return
+        if folder == created:
+            return
+        folder = folder.parent
 
 
 def _trace(
