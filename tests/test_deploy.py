@@ -137,6 +137,15 @@ def test_pt2_program_loads_back_with_the_same_outputs(name: str, tmp_path: Path)
         torch.testing.assert_close(program(inputs), _eager(model, inputs), atol=ATOL, rtol=0)
 
 
+@pytest.mark.slow  # torch.compile's first use imports dynamo
+def test_a_compiled_model_exports_the_module_it_wraps(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_cnn((2, 32), 3, channels=(4,), hidden=())
+    path = export(torch.compile(model), tmp_path / "m.pt2")
+    inputs = torch.randn(3, 2, 32)
+    torch.testing.assert_close(torch.export.load(path).module()(inputs), _eager(model, inputs))
+
+
 def test_a_channels_last_model_as_fit_leaves_it_exports_to_pt2(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = build_cnn((3, 16, 16), 4, channels=(4, 8), hidden=()).to(

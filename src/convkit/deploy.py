@@ -109,9 +109,10 @@ def export(
     """Write ``model`` to ``path`` as an ONNX file or a ``torch.export`` program.
 
     The model is exported in eval mode (BatchNorm uses its running statistics, dropout
-    is off), as deployment runs it; afterwards every submodule is back in the mode it
-    was in, and no parameter or buffer has changed. The export traces one sample of
-    shape ``input_shape`` on the model's device and in its dtype.
+    is off), as deployment runs it (for a model made by ``torch.compile``, the module it
+    wraps); afterwards every submodule is back in the mode it was in, and no parameter
+    or buffer has changed. The export traces one sample of shape ``input_shape`` on the
+    model's device and in its dtype.
 
     ONNX: the graph's input is named ``"input"``, its output ``"output"`` and their
     dynamic first dimension ``"batch"``; run it with
@@ -157,6 +158,7 @@ def export(
         True
     """
     check_module("model", model, needs_weights=True)
+    model = _uncompiled(model)
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(
             "Invalid type for argument `path`. Expected a file name (str or pathlib.Path), "
@@ -181,6 +183,15 @@ def export(
         _remove_new_folders(target.parent, created)  # a refused export leaves no trace
         raise
     return target
+
+
+def _uncompiled(model: nn.Module) -> nn.Module:
+    """The module ``torch.compile`` wrapped (its weights are the same tensors): the export
+    traces the Python code itself, and torch.export can't trace the compiled wrapper."""
+    original = getattr(model, "_orig_mod", None)
+    if type(model).__name__ == "OptimizedModule" and isinstance(original, nn.Module):
+        return original
+    return model
 
 
 def _write(
