@@ -114,6 +114,22 @@ def test_the_example_runs_under_torchrun() -> None:
 
 
 @pytest.mark.slow
+def test_the_group_fit_created_is_destroyed_when_the_script_ends(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "OMP_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    cmd = [*launcher, "--nproc_per_node=2", str(HERE / "ddp_exit_worker.py"), str(tmp_path)]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    reports = [(tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1)]
+    assert reports == ["initialized=False"] * 2
+
+
+@pytest.mark.slow
 def test_batchnorm_statistics_are_the_same_on_every_rank(tmp_path: Path) -> None:
     launch(tmp_path, "batchnorm", nproc=2)
     (w0, h0, c0), (w1, h1, c1) = _results(tmp_path, 0), _results(tmp_path, 1)

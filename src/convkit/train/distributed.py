@@ -11,6 +11,7 @@ model's buffers (BatchNorm statistics) and on whether to stop.
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import logging
 import math
@@ -158,6 +159,19 @@ def _join(backend: str, timeout: float) -> None:
     finally:
         notice.cancel()
     dist.init_process_group(backend, store=store, rank=rank, world_size=world)
+    atexit.unregister(_destroy_at_exit)  # registered once, however often a group is made
+    atexit.register(_destroy_at_exit)
+
+
+def _destroy_at_exit() -> None:
+    """Destroy the process group ``fit`` created, while the interpreter is still whole.
+
+    A group left to the interpreter's teardown can abort the process ("terminate called
+    without an active exception") when a backend thread still holds Python objects; a
+    script that destroyed it already leaves nothing to do.
+    """
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def broadcast_int(value: int, device: torch.device) -> int:
