@@ -153,6 +153,7 @@ def test_self_contained_pages_are_found() -> None:
         "guide/training",
         "guide/visualisation",
         "guide/tasks",
+        "guide/own-images",
     }
     assert {"theory.md"} | {f"{name}.ja.md" for name in translated} <= names
     assert sum(len(python_blocks(p)) for p in SELF_CONTAINED) >= 40
@@ -831,6 +832,7 @@ def test_translated_pages_are_found() -> None:
         "guide/training/",
         "guide/visualisation/",
         "guide/tasks/",
+        "guide/own-images/",
         "tutorial/first-cnn/",
     ]
     assert sorted(expected) == TRANSLATED
