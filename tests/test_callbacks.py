@@ -495,6 +495,27 @@ def test_a_resumed_early_stopping_counts_on_from_its_checkpoint(small_data, tmp_
     assert len(resumed) == 3 and resumed.stopped_epoch == 3 and resumed.best_epoch == 1
 
 
+def test_resuming_a_stopped_run_says_only_that_it_stopped(
+    small_data, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    stopper = EarlyStopping("loss", patience=1, min_delta=100.0)  # stops after epoch 2
+    callbacks: list[Callback] = [ModelCheckpoint(tmp_path / "ep{epoch}.pt"), stopper]
+    fit(tiny_cnn(), small_data, epochs=5, progress=False, device="cpu", callbacks=callbacks)
+    with caplog.at_level(logging.INFO, logger="convkit"):
+        resumed = fit(
+            tiny_cnn(),
+            small_data,
+            epochs=5,
+            progress=False,
+            device="cpu",
+            resume_from=tmp_path / "ep2.pt",
+        )
+    assert len(resumed) == 2 and resumed.stopped_epoch == 2
+    said = [r.getMessage() for r in caplog.records if r.name.startswith("convkit.train")]
+    assert any("was stopped by a callback; no epoch to train" in line for line in said), said
+    assert not any(line.startswith("fit: epochs") for line in said), said  # not "epochs 3-5"
+
+
 def test_a_reused_model_checkpoint_forgets_the_first_runs_best(
     small_data, sample_train, tmp_path: Path
 ) -> None:

@@ -939,6 +939,8 @@ class Run:
         history, task, device = self.state.history, self.task, self.runtime.device
         history.task, history.loss = task.task, loss_name(task.loss)
         history.metrics, history.setup = list(self.metrics.names), self.metrics
+        if self.state.stop_training:  # a resumed run that had stopped: _resume said so
+            return
         how = " (inferred from the first batch)" if self.options.task == "auto" else ""
         names = ", ".join(self.metrics.names) or "none"
         auto = self.options.device == "auto"
