@@ -10,7 +10,6 @@ import signal
 import stat
 import subprocess
 import sys
-import textwrap
 import time
 import zipfile
 from pathlib import Path
@@ -30,25 +29,12 @@ from convkit import (
     save_checkpoint,
 )
 from convkit.checkpoints.files import temp_path
-
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+from helpers import run_python
 
 
 def tiny_cnn(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return build_cnn((1, 28, 28), 10, channels=(4,), hidden=(16,), dropout=0.2, head_dropout=0.2)
-
-
-def run_python(code: str, **kwargs) -> subprocess.Popen:  # type: ignore[type-arg]
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        env=env,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        **kwargs,
-    )
 
 
 def test_round_trip_of_everything(tmp_path: Path, small_data) -> None:

@@ -15,7 +15,6 @@ import resource
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,19 +26,7 @@ from torch import nn
 from convkit import load_checkpoint, save_checkpoint
 from convkit.checkpoints import files
 from convkit.checkpoints.files import atomic_write, stale_temp_paths, temp_path
-
-SRC = str(Path(__file__).resolve().parents[1] / "src")
-
-
-def run_python(code: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        env=env,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+from helpers import run_python
 
 
 def checkpoint_bytes(tmp_path: Path, value: float, size: int = 256) -> bytes:
@@ -238,16 +225,8 @@ WRITER = """
 def start_writers(path: Path, values: list[int], count: int) -> list[subprocess.Popen[str]]:
     """Writer processes saving ``path`` ``count`` times each (-1: until killed), started
     together once every one has imported torch."""
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", textwrap.dedent(WRITER), str(path), str(value), str(count)],
-            env=env,
-            text=True,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        run_python(WRITER, str(path), str(value), str(count), stdin=subprocess.PIPE)
         for value in values
     ]
     for proc in procs:

@@ -118,6 +118,7 @@ def test_bad_arguments(call, match: str) -> None:
 
 from convkit import build_cnn  # noqa: E402
 from convkit.shapes import receptive_field, summary  # noqa: E402
+from helpers import NOTEBOOK  # noqa: E402
 
 
 def _empirical_rf(layers: list[nn.Module], size: int = 96) -> tuple[int, int]:
@@ -166,18 +167,7 @@ def test_receptive_field_of_the_notebook_cnn() -> None:
 
 def test_summary_rows_and_totals_and_no_side_effects() -> None:
     torch.manual_seed(0)
-    model = build_cnn(
-        (1, 28, 28),
-        10,
-        channels=(32, 64),
-        kernel_size=5,
-        padding="valid",
-        order="conv-pool-act-norm-dropout",
-        dropout=0.25,
-        hidden=(200,),
-        head_norm="batch",
-        head_dropout=0.25,
-    )
+    model = build_cnn((1, 28, 28), 10, **NOTEBOOK)
     model.head.eval()
     modes = {n: m.training for n, m in model.named_modules()}
     before = {k: v.clone() for k, v in model.state_dict().items()}
