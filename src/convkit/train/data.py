@@ -624,6 +624,11 @@ def make_batches(
     return LoaderBatches(loader, spec)
 
 
+def _is_pil_image(value: Any) -> bool:
+    """Whether ``value`` is a PIL image (checked by module, without importing PIL)."""
+    return type(value).__module__.startswith("PIL.")
+
+
 def _check_collatable(name: str, dataset: Any) -> None:
     """Refuse a dataset whose samples hold images that ``default_collate`` can't batch."""
     try:
@@ -631,7 +636,7 @@ def _check_collatable(name: str, dataset: Any) -> None:
     except (IndexError, KeyError, TypeError):  # not indexable by position: batched as it is
         return
     for item in sample if isinstance(sample, (tuple, list)) else (sample,):
-        if type(item).__module__.startswith("PIL."):
+        if _is_pil_image(item):
             raise TypeError(
                 f"Invalid data in `{name}`: the dataset returns PIL images "
                 f"({type(item).__name__}), which can't be batched. Turn them into tensors in "
@@ -677,7 +682,7 @@ def _loader(data: Any, spec: Batching) -> DataLoader[Any]:
         if shard is not None and not isinstance(data.sampler, DistributedSampler):
             return _shard_loader(data, shard, shuffle=shuffle, seed=seed)
         return data
-    if type(data).__module__.startswith("PIL."):
+    if _is_pil_image(data):
         raise TypeError(
             f"Invalid type for argument `{spec.name}`: a PIL image ({type(data).__name__}). "
             "Turn it into a tensor first: transforms.ToTensor()(image) in torchvision "
